@@ -1,0 +1,42 @@
+"""The attack contract: propose adversarial examples; ``verify`` decides whether they count."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from robench.threat import ThreatModel
+
+
+@dataclass
+class AttackResult:
+    """Proposed adversarial examples and the model queries spent on each example.
+
+    ``queries`` counts forward rows (gradient attacks: one per forward/backward pass of the
+    example), exact per example.
+    """
+
+    x_adv: Tensor
+    queries: Tensor
+
+
+class Attack:
+    """Base class: keyword-only hyperparameters with the paper's defaults, shown by ``repr``.
+
+    ``run`` receives per-example ``seeds`` (see ``robench.rng``) so that an example's result does
+    not depend on the batch, chunk or shard it ran in.
+    """
+
+    name: ClassVar[str] = "attack"
+    gradient_free: ClassVar[bool] = False
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
+        raise NotImplementedError

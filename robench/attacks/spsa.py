@@ -1,0 +1,159 @@
+"""SPSA: the gradient-free attack of Uesato et al. (2018), Algorithm 1.
+
+Uesato, O'Donoghue, van den Oord, Kohli. "Adversarial Risk and the Dangers of Evaluating Against
+Weak Attacks", ICML 2018. Each step estimates the gradient of the margin loss (Eq. 4) by finite
+differences along antithetic Rademacher directions v ~ {-1, +1}^D,
+
+    g = 1/n Σ_i [f(x + δ v_i) − f(x − δ v_i)] / (2δ) · v_i,
+
+feeds it to Adam, and projects the iterate back onto the threat model's ball and the data bounds.
+An example leaves the batch as soon as it is misclassified (early stop), so robust examples get
+the whole budget and broken ones stop spending queries.
+
+Defaults (δ = 0.01, learning rate 0.01, Adam β = (0.9, 0.999)) are the paper's and the reference
+implementation's; ``samples`` counts forward queries per example per step (both halves of each
+antithetic pair), so ``samples=128`` is 64 pairs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from robench import rng
+from robench.attacks.base import Attack, AttackResult
+from robench.errors import RobenchError
+from robench.registry import attacks
+from robench.target import is_randomized, logits_in_chunks, margin
+from robench.threat import ThreatModel
+
+#: Pairs per gradient-accumulation block. Fixed (not derived from ``max_batch``) so that the
+#: order of floating-point sums, and hence the result, does not depend on the chunk size.
+PAIR_BLOCK = 128
+DEFAULT_MAX_BATCH = 1024
+
+
+@attacks.register("spsa", description="SPSA, gradient-free (Uesato et al. 2018, Alg. 1)")
+class SPSA(Attack):
+    name = "spsa"
+    gradient_free = True
+
+    def __init__(
+        self,
+        *,
+        steps: int = 100,
+        samples: int = 128,
+        delta: float = 0.01,
+        learning_rate: float = 0.01,
+        early_stop: bool = True,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        adam_epsilon: float = 1e-8,
+        loss_draws: int = 1,
+        max_batch: int | None = None,
+    ) -> None:
+        if steps < 1:
+            raise RobenchError(f"spsa: steps must be >= 1, got {steps}")
+        if samples < 2 or samples % 2:
+            raise RobenchError(f"spsa: samples must be an even number >= 2 (both halves of each pair), got {samples}")
+        if not delta > 0 or not learning_rate > 0:
+            raise RobenchError("spsa: delta and learning_rate must be > 0")
+        if loss_draws < 1:
+            raise RobenchError(f"spsa: loss_draws must be >= 1, got {loss_draws}")
+        if max_batch is not None and max_batch < 1:
+            raise RobenchError(f"spsa: max_batch must be >= 1, got {max_batch}")
+        self.steps = int(steps)
+        self.samples = int(samples)
+        self.delta = float(delta)
+        self.learning_rate = float(learning_rate)
+        self.early_stop = bool(early_stop)
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.adam_epsilon = float(adam_epsilon)
+        self.loss_draws = int(loss_draws)
+        self.max_batch = max_batch
+
+    def queries_per_step(self) -> int:
+        """Forward rows per example per step: the perturbation samples plus the iterate's check."""
+        return (self.samples + 1) * self.loss_draws
+
+    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
+        n, shape = len(x), tuple(x.shape[1:])
+        max_batch = self.max_batch or DEFAULT_MAX_BATCH
+        draws = self.loss_draws if is_randomized(target) else 1
+        x0 = x.detach().flatten(1)
+        x_adv = x0.clone()
+        best, best_margin = x0.clone(), torch.full((n,), math.inf, device=x.device)
+        adam_m, adam_v = torch.zeros_like(x0), torch.zeros_like(x0)
+        queries = torch.zeros(n, dtype=torch.long, device=x.device)
+        active = torch.arange(n, device=x.device)
+
+        def check(step_active: Tensor) -> Tensor:
+            """Margin of the current iterates; keeps the best point seen per example."""
+            current = x_adv[step_active]
+            margins = self._loss(target, current.view(-1, *shape), y[step_active], draws, max_batch)
+            queries[step_active] += draws
+            improved = margins < best_margin[step_active]
+            best[step_active] = torch.where(improved.unsqueeze(1), current, best[step_active])
+            best_margin[step_active] = torch.where(improved, margins, best_margin[step_active])
+            return margins
+
+        for step in range(self.steps):
+            margins = check(active)
+            if self.early_stop:
+                active = active[margins >= 0]  # the one host sync per step
+                if len(active) == 0:
+                    break
+            grad = self._estimate_gradient(target, x_adv[active], y[active], seeds[active], step, shape, threat, draws, max_batch)
+            queries[active] += self.samples * draws
+            m = adam_m[active].mul_(self.beta1).add_(grad, alpha=1 - self.beta1)
+            v = adam_v[active].mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+            adam_m[active], adam_v[active] = m, v
+            m_hat = m / (1 - self.beta1 ** (step + 1))
+            v_hat = v / (1 - self.beta2 ** (step + 1))
+            proposal = x_adv[active] - self.learning_rate * m_hat / (v_hat.sqrt() + self.adam_epsilon)
+            x_adv[active] = threat.project(proposal, x0[active])
+        else:
+            if len(active):
+                check(active)
+        return AttackResult(best.view(n, *shape), queries)
+
+    def _loss(self, target: nn.Module, rows: Tensor, labels: Tensor, draws: int, max_batch: int) -> Tensor:
+        """Margin loss, averaged over ``draws`` forward passes for a randomized target."""
+        total = margin(logits_in_chunks(target, rows, max_batch), labels)
+        for _ in range(draws - 1):
+            total = total + margin(logits_in_chunks(target, rows, max_batch), labels)
+        return total / draws
+
+    def _estimate_gradient(
+        self,
+        target: nn.Module,
+        x_active: Tensor,
+        y_active: Tensor,
+        seeds: Tensor,
+        step: int,
+        shape: tuple[int, ...],
+        threat: ThreatModel,
+        draws: int,
+        max_batch: int,
+    ) -> Tensor:
+        """SPSA gradient estimate for each active example, in memory bounded by ``max_batch``."""
+        n_active, dim = x_active.shape
+        pairs = self.samples // 2
+        pair_block = min(pairs, PAIR_BLOCK)
+        example_block = max(1, max_batch // (2 * pair_block))
+        grad = torch.zeros_like(x_active)
+        for e0 in range(0, n_active, example_block):
+            xe, ye, se = x_active[e0 : e0 + example_block], y_active[e0 : e0 + example_block], seeds[e0 : e0 + example_block]
+            b = len(xe)
+            for p0 in range(0, pairs, pair_block):
+                pb = min(pair_block, pairs - p0)
+                v = rng.rademacher(se, step, (pb, dim), dtype=xe.dtype, offset=p0 * dim)
+                shifted = self.delta * v
+                rows = torch.cat([xe.unsqueeze(1) + shifted, xe.unsqueeze(1) - shifted], dim=1)
+                rows = threat.clip_to_bounds(rows).view(-1, *shape)
+                losses = self._loss(target, rows, ye.repeat_interleave(2 * pb), draws, max_batch).view(b, 2, pb)
+                coefficient = (losses[:, 0] - losses[:, 1]) / (2 * self.delta)
+                grad[e0 : e0 + b] += torch.einsum("bp,bpd->bd", coefficient, v)
+        return grad / pairs

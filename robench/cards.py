@@ -1,0 +1,186 @@
+"""TOML cards: registered defenses (``defenses/*.toml``) and attack suites (``attacks/*.toml``).
+
+A card is a declaration, not code: it names a registered factory, or a ``package.module:callable``
+reference (trusted code, run only because the card's author asked for it), and its parameters.
+Unknown keys are an error that names the key and the valid ones, so a typo never silently falls
+back to a default.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from robench.errors import RobenchError, did_you_mean
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass(frozen=True)
+class DefenseCard:
+    name: str
+    factory: str
+    params: dict[str, Any] = field(default_factory=dict)
+    paper: str = ""
+    description: str = ""
+    differentiable: bool | None = None
+    randomized: bool | None = None
+    tolerance: float | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    attack: str
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SuiteCard:
+    name: str
+    attacks: tuple[AttackSpec, ...]
+    description: str = ""
+    source: str = ""
+
+
+DEFENSE_KEYS = {
+    "name": str, "factory": str, "params": dict, "paper": str, "description": str,
+    "differentiable": bool, "randomized": bool, "tolerance": (int, float),
+}
+SUITE_KEYS = {"name": str, "description": str, "attack": list}
+ATTACK_KEYS = {"attack": str, "label": str, "params": dict}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RobenchError(f"card {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RobenchError(f"cannot read card {str(path)!r}: {exc}") from None
+    return parse_toml(text, str(path))
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RobenchError(f"card {where!r} is not valid TOML: {exc}; see ../shared/DESIGN.md for the card format") from None
+
+
+def _check_keys(table: dict[str, Any], schema: dict[str, Any], where: str, required: tuple[str, ...]) -> None:
+    for key, value in table.items():
+        if key not in schema:
+            raise RobenchError(f"{where}: unknown key {key!r}{did_you_mean(key, list(schema))}")
+        expected = schema[key]
+        if not isinstance(value, expected) or (expected in (int, float, (int, float)) and isinstance(value, bool)):
+            names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+            kind = {"dict": "table", "list": "array of tables", "str": "string", "bool": "true/false"}.get(names, names)
+            raise RobenchError(f"{where}: key {key!r} must be a {kind}, got {type(value).__name__} {value!r}")
+    for key in required:
+        if key not in table:
+            raise RobenchError(f"{where}: missing required key {key!r}")
+    name = table.get("name")
+    if name is not None and not _NAME.match(name):
+        raise RobenchError(f"{where}: name {name!r} must be letters, digits, '.', '_', '+' or '-'")
+
+
+def parse_defense_card(data: dict[str, Any], where: str) -> DefenseCard:
+    _check_keys(data, DEFENSE_KEYS, f"defense card {where}", ("name", "factory"))
+    tolerance = data.get("tolerance")
+    if tolerance is not None and not 0 <= tolerance <= 1:
+        raise RobenchError(f"defense card {where}: tolerance must lie in [0, 1], got {tolerance}")
+    return DefenseCard(
+        name=data["name"], factory=data["factory"], params=dict(data.get("params", {})),
+        paper=data.get("paper", ""), description=data.get("description", ""),
+        differentiable=data.get("differentiable"), randomized=data.get("randomized"),
+        tolerance=None if tolerance is None else float(tolerance), source=where,
+    )
+
+
+def parse_suite_card(data: dict[str, Any], where: str) -> SuiteCard:
+    _check_keys(data, SUITE_KEYS, f"suite card {where}", ("name", "attack"))
+    specs: list[AttackSpec] = []
+    for i, entry in enumerate(data["attack"]):
+        at = f"suite card {where}, attack #{i + 1}"
+        if not isinstance(entry, dict):
+            raise RobenchError(f"{at}: each [[attack]] must be a table")
+        _check_keys(entry, ATTACK_KEYS, at, ("attack",))
+        label = entry.get("label", entry["attack"])
+        if not _NAME.match(label):
+            raise RobenchError(f"{at}: label {label!r} must be letters, digits, '.', '_', '+' or '-'")
+        specs.append(AttackSpec(entry["attack"], label, dict(entry.get("params", {}))))
+    if not specs:
+        raise RobenchError(f"suite card {where}: lists no attacks; add at least one [[attack]] table")
+    labels = [s.label for s in specs]
+    duplicates = sorted({l for l in labels if labels.count(l) > 1})
+    if duplicates:
+        raise RobenchError(f"suite card {where}: label(s) {', '.join(duplicates)} used twice; give each attack a distinct label")
+    if "worst-case" in labels:
+        raise RobenchError(f"suite card {where}: 'worst-case' is reserved for the combined result; pick another label")
+    return SuiteCard(data["name"], tuple(specs), data.get("description", ""), where)
+
+
+def card_dirs(kind: str) -> list[Path]:
+    """Where named cards are looked up: ``$ROBENCH_CARDS/<kind>``, ``./<kind>``, the source tree's."""
+    dirs: list[Path] = []
+    if os.environ.get("ROBENCH_CARDS"):
+        dirs += [Path(p) / kind for p in os.environ["ROBENCH_CARDS"].split(os.pathsep) if p]
+    dirs.append(Path.cwd() / kind)
+    dirs.append(Path(__file__).resolve().parent.parent / kind)
+    unique: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [u.resolve() for u in unique]:
+            unique.append(d)
+    return unique
+
+
+def _named_cards(kind: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for directory in card_dirs(kind):
+        for path in sorted(directory.glob("*.toml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.endswith(".toml") or os.sep in spec or "/" in spec
+
+
+def load_defense_card(spec: str) -> DefenseCard:
+    """``spec`` is a card path, or the name of a card in a card directory."""
+    if _looks_like_path(spec):
+        return parse_defense_card(_read_toml(Path(spec)), spec)
+    cards = _named_cards("defenses")
+    if spec in cards:
+        return parse_defense_card(_read_toml(cards[spec]), str(cards[spec]))
+    raise RobenchError(f"unknown defense {spec!r}{did_you_mean(spec, list(cards))}; or give the path of a card")
+
+
+def load_suite_card(spec: str) -> SuiteCard:
+    if _looks_like_path(spec):
+        return parse_suite_card(_read_toml(Path(spec)), spec)
+    cards = _named_cards("attacks")
+    if spec in cards:
+        return parse_suite_card(_read_toml(cards[spec]), str(cards[spec]))
+    raise RobenchError(f"unknown suite {spec!r}{did_you_mean(spec, list(cards))}; or give the path of a card")
+
+
+def all_defense_cards() -> list[DefenseCard]:
+    return [parse_defense_card(_read_toml(p), str(p)) for p in _named_cards("defenses").values()]
+
+
+def defense_card_names() -> list[str]:
+    return sorted(_named_cards("defenses"))
+
+
+def suite_card_names() -> list[str]:
+    return sorted(_named_cards("attacks"))

@@ -1,0 +1,105 @@
+"""The ``robench`` command: thin click wrappers that parse, call library code, and print."""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from robench.errors import RobenchError
+
+log = logging.getLogger("robench")
+
+
+def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input: one line on stderr naming the problem and the fix, exit code 2, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RobenchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="robench")
+def main() -> None:
+    """robench: adversarial-robustness evaluation that weak attacks cannot fool."""
+
+
+@main.command()
+@click.option("--dataset", default="digits", show_default=True, help="Registered data set, or a path to an .npz file (x, y).")
+@click.option("--model", default="cnn", show_default=True, help="Registered model, or package.module:callable returning a trained nn.Module.")
+@click.option("--defense", "defenses", multiple=True, help="Defense card name or path (repeatable). Default: every registered defense.")
+@click.option("--suite", default="quick", show_default=True, help="Attack suite card name or path.")
+@click.option("--norm", default="linf", show_default=True, help="Threat model norm: linf or l2.")
+@click.option("--epsilon", "epsilons", multiple=True, type=float, help="Perturbation budget (repeatable). Default: 0.1 (linf), 1.0 (l2).")
+@click.option("--n-examples", default=100, show_default=True, type=int, help="Test examples to attack.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Run seed; every random choice derives from it.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--max-batch", type=int, default=None, help="Largest forward batch (rows); default chosen per attack.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write results.csv, examples.csv and run.json here.")
+@click.option("--quiet", is_flag=True, help="Only the final table.")
+@friendly_errors
+def evaluate(
+    dataset: str, model: str, defenses: tuple[str, ...], suite: str, norm: str, epsilons: tuple[float, ...],
+    n_examples: int, seed: int, device: str, max_batch: int | None, out: str | None, quiet: bool,
+) -> None:
+    """Attack every defense with every attack of a suite; report worst-case robust accuracy."""
+    _setup_logging(quiet)
+    from robench.output import prepare_out_dir, write_evaluation
+    from robench.runner import EvalConfig, evaluate_config
+    from robench.table import summary_table
+
+    if max_batch is not None and max_batch < 1:
+        raise RobenchError(f"--max-batch must be >= 1, got {max_batch}")
+    if not epsilons:
+        epsilons = (0.1,) if norm == "linf" else (1.0,)
+    out_dir = prepare_out_dir(out) if out else None
+    config = EvalConfig(
+        dataset=dataset, model=model, defenses=tuple(defenses), suite=suite, norm=norm,
+        epsilons=tuple(epsilons), n_examples=n_examples, seed=seed, device=device, max_batch=max_batch,
+    )
+    evaluation = evaluate_config(config)
+    click.echo(summary_table(evaluation.results))
+    click.echo(f"({evaluation.run['timings']['seconds']:.1f}s on {evaluation.run['device']}; "
+               f"{evaluation.run['rejected_proposals']} proposal(s) rejected by verification)")
+    if out_dir is not None:
+        for path in write_evaluation(evaluation, out_dir):
+            log.info("wrote %s", path)
+
+
+@main.command("list")
+@friendly_errors
+def list_command() -> None:
+    """Show registered data sets, models, defense factories, defense cards, attacks and suites."""
+    from robench.cards import all_defense_cards, load_suite_card, suite_card_names
+    from robench.registry import attacks, datasets, defenses, models
+
+    def section(title: str, rows: list[tuple[str, str]]) -> None:
+        click.echo(click.style(title, bold=True))
+        width = max((len(n) for n, _ in rows), default=0)
+        for name, text in rows:
+            click.echo(f"  {name.ljust(width)}  {text}")
+
+    section("datasets", [(e.name, e.description) for e in datasets.entries()])
+    section("models", [(e.name, e.description) for e in models.entries()])
+    section("defense factories", [(e.name, e.description) for e in defenses.entries()])
+    section("defenses (cards)", [(c.name, f"{c.factory} {c.params or ''}  {c.paper}".strip()) for c in all_defense_cards()])
+    section("attacks", [(e.name, e.description) for e in attacks.entries()] + [("foolbox.<Class>", "any foolbox attack by class name")])
+    section("suites", [(n, ", ".join(s.label for s in load_suite_card(n).attacks)) for n in suite_card_names()])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Input-transformation defenses: a preprocessing step in front of an unchanged classifier."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from robench.errors import RobenchError
+from robench.registry import defenses
+
+
+class Preprocessed(nn.Module):
+    """``model(transform(x))``: the common shape of input-transformation defenses."""
+
+    differentiable = True
+    randomized = False
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def transform(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def bpda(self, x: Tensor) -> Tensor:
+        """Differentiable approximation of ``transform`` for BPDA (Athalye et al. 2018): identity."""
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(self.transform(x))
+
+
+@defenses.register("none", description="no defense: the model as it is")
+def no_defense(model: nn.Module) -> nn.Module:
+    return model
+
+
+class BitDepth(Preprocessed):
+    """Feature squeezing by colour-depth reduction (Xu, Evans, Qi 2018, Sec. 3.1).
+
+    Rounding to 2**bits levels has zero gradient almost everywhere, so gradient attacks see a
+    flat loss: the textbook example of gradient masking.
+    """
+
+    differentiable = False
+
+    def __init__(self, model: nn.Module, bits: int) -> None:
+        super().__init__(model)
+        self.bits = bits
+        self.levels = 2**bits - 1
+
+    def transform(self, x: Tensor) -> Tensor:
+        return torch.round(x * self.levels) / self.levels
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+@defenses.register("bit_depth", description="bit-depth reduction (Xu et al. 2018, feature squeezing)")
+def bit_depth(model: nn.Module, *, bits: int = 3) -> nn.Module:
+    if not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise RobenchError(f"bit_depth: bits must be an integer from 1 to 16, got {bits!r}")
+    return BitDepth(model, bits)

@@ -1,0 +1,120 @@
+"""One registry per kind of thing (models, defenses, attacks, datasets).
+
+A new attack or defense is one decorated factory; nothing else changes. Names that contain a
+colon (``package.module:callable``) are imported on demand: that is trusted user code, the only
+way a card or a command line runs code that robench does not ship. Third-party packages can add
+factories through the ``robench.plugins`` entry-point group (each entry point is a module that
+registers on import).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from robench.errors import RobenchError, did_you_mean
+
+
+@dataclass
+class Entry:
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """Maps names to factories; resolves ``module:callable`` references."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        #: resolves names that are not registered (e.g. ``foolbox.ClassName``); None if unknown
+        self.fallback: Callable[[str], Callable[..., Any] | None] | None = None
+
+    def register(self, name: str, *, description: str = "", **extra: Any) -> Callable:
+        def decorate(factory: Callable) -> Callable:
+            if name in self._entries and self._entries[name].factory is not factory:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+            self._entries[name] = Entry(name, factory, doc, dict(extra))
+            return factory
+
+        return decorate
+
+    def names(self) -> list[str]:
+        load_builtins()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        load_builtins()
+        return [self._entries[n] for n in sorted(self._entries)]
+
+    def __contains__(self, name: str) -> bool:
+        load_builtins()
+        return name in self._entries
+
+    def entry(self, name: str) -> Entry:
+        load_builtins()
+        if name in self._entries:
+            return self._entries[name]
+        if ":" in name:
+            return Entry(name, import_reference(name, self.kind), "user code")
+        if self.fallback is not None and (factory := self.fallback(name)) is not None:
+            return Entry(name, factory, "resolved dynamically")
+        raise RobenchError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}")
+
+    def get(self, name: str) -> Callable[..., Any]:
+        return self.entry(name).factory
+
+
+def import_reference(reference: str, kind: str = "object") -> Callable[..., Any]:
+    """Import ``package.module:attribute`` (trusted code, by the user's own choice)."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise RobenchError(f"bad {kind} reference {reference!r}: write it as package.module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RobenchError(
+            f"cannot import module {module_name!r} for {kind} {reference!r} ({exc}); "
+            "check the name and that it is on PYTHONPATH"
+        ) from None
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise RobenchError(f"module {module_name!r} has no attribute {attribute!r} (from {kind} {reference!r})")
+        target = getattr(target, part)
+    if not callable(target):
+        raise RobenchError(f"{kind} reference {reference!r} is not callable")
+    return target
+
+
+models = Registry("model")
+defenses = Registry("defense factory")
+attacks = Registry("attack")
+datasets = Registry("dataset")
+
+_BUILTIN_MODULES = (
+    "robench.data",
+    "robench.zoo",
+    "robench.defenses",
+    "robench.attacks",
+)
+_loaded = False
+
+
+def load_builtins() -> None:
+    """Import the modules whose decorators fill the registries, then any plugins."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    from importlib.metadata import entry_points
+
+    for plugin in entry_points(group="robench.plugins"):
+        plugin.load()

@@ -1,0 +1,88 @@
+"""Threat models: the one place that defines the ball, projects onto it and checks membership.
+
+Attacks call ``project``; ``verify`` calls ``contains``; nothing else re-implements a clip.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from robench.errors import RobenchError
+
+Norm = Literal["linf", "l2"]
+NORMS: tuple[str, ...] = ("linf", "l2")
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """An epsilon-ball in the L-inf or L2 norm, intersected with the data bounds."""
+
+    norm: Norm
+    epsilon: float
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise RobenchError(f"unknown norm {self.norm!r}; valid choices: {', '.join(NORMS)}")
+        lo, hi = self.bounds
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise RobenchError(f"bad data bounds {self.bounds}: need finite lo < hi")
+        eps = self.epsilon
+        if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            raise RobenchError(f"epsilon must be a finite number > 0, got {eps!r}")
+        if self.norm == "linf" and eps > hi - lo:
+            raise RobenchError(
+                f"L-inf epsilon {eps} is larger than the data range {hi - lo} (bounds {self.bounds}); "
+                "use an epsilon inside the range"
+            )
+
+    def check_input_size(self, n_features: int) -> None:
+        """An L2 ball larger than the diagonal of the data box contains the whole box."""
+        lo, hi = self.bounds
+        diameter = (hi - lo) * math.sqrt(n_features)
+        if self.norm == "l2" and self.epsilon > diameter:
+            raise RobenchError(
+                f"L2 epsilon {self.epsilon} is larger than the data's diameter {diameter:.3g}; "
+                "use a smaller epsilon"
+            )
+
+    def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Per-example distance in this threat model's norm."""
+        delta = (x_adv - x).flatten(1)
+        if self.norm == "linf":
+            return delta.abs().amax(dim=1)
+        return delta.norm(p=2, dim=1)
+
+    def clip_to_bounds(self, x: Tensor) -> Tensor:
+        return x.clamp(self.bounds[0], self.bounds[1])
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Nearest point of (ball around x) ∩ (bounds), exactly for L-inf.
+
+        For L2 we project onto the ball, then clip to the box: clipping moves every coordinate
+        towards x's (which is inside the box), so the result stays in the ball.
+        """
+        delta = x_adv - x
+        if self.norm == "linf":
+            delta = delta.clamp(-self.epsilon, self.epsilon)
+        else:
+            norms = delta.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+            factor = (self.epsilon / norms).clamp(max=1.0)
+            delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+        return self.clip_to_bounds(x + delta)
+
+    def contains(self, x_adv: Tensor, x: Tensor, *, tolerance: float = 1e-6) -> Tensor:
+        """Per-example: inside the ball (within tolerance) and inside the bounds."""
+        lo, hi = self.bounds
+        in_ball = self.distance(x_adv, x) <= self.epsilon + tolerance
+        flat = x_adv.flatten(1)
+        in_bounds = (flat >= lo - tolerance).all(dim=1) & (flat <= hi + tolerance).all(dim=1)
+        finite = torch.isfinite(flat).all(dim=1)
+        return in_ball & in_bounds & finite
+
+    def describe(self) -> str:
+        return f"{self.norm} eps={self.epsilon:g} bounds={self.bounds}"

@@ -1,0 +1,71 @@
+"""Verify, then count: the harness re-checks every proposal before it counts as broken.
+
+An attack's own success flag is never trusted. A proposal breaks an example only if it lies in
+the threat model's ball (within 1e-6) and in the data bounds, is finite, and a fresh forward pass
+misclassifies it. For a randomized target, the prediction is the majority over ``draws`` forward
+passes (ties count as correct: the attacker must win outright).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from robench.target import check_logits, is_randomized, logits_in_chunks, margin
+from robench.threat import ThreatModel
+
+TOLERANCE = 1e-6
+
+
+@dataclass
+class Verification:
+    broken: Tensor  # bool: counts as broken
+    in_threat: Tensor  # bool: inside ball and bounds
+    misclassified: Tensor  # bool: by the fresh forward pass(es)
+    rejected: Tensor  # bool: misclassified, but outside the threat model: not counted
+    distance: Tensor
+    margin: Tensor
+    draws: int
+
+
+@torch.no_grad()
+def predict_correct(target: nn.Module, x: Tensor, y: Tensor, *, draws: int = 1, max_batch: int = 4096) -> tuple[Tensor, Tensor]:
+    """Per example: (correct by majority over draws, mean margin)."""
+    draws = draws if is_randomized(target) else 1
+    wrong_votes = torch.zeros(len(x), device=x.device)
+    margins = torch.zeros(len(x), device=x.device)
+    for _ in range(draws):
+        logits = check_logits(logits_in_chunks(target, x, max_batch), len(x)).float()
+        m = margin(logits, y)
+        wrong_votes += (logits.argmax(1) != y).float()
+        margins += m
+    return wrong_votes * 2 <= draws, margins / draws
+
+
+def verify(
+    target: nn.Module,
+    x: Tensor,
+    x_adv: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    *,
+    draws: int = 1,
+    max_batch: int = 4096,
+) -> Verification:
+    """Re-check proposals ``x_adv`` for clean inputs ``x`` with labels ``y``."""
+    x_adv = x_adv.detach().to(x.dtype)
+    in_threat = threat.contains(x_adv, x, tolerance=TOLERANCE)
+    lo, hi = threat.bounds
+    forwardable = torch.nan_to_num(x_adv, nan=lo, posinf=hi, neginf=lo)  # only for the forward pass
+    correct, margins = predict_correct(target, forwardable, y, draws=draws, max_batch=max_batch)
+    misclassified = ~correct
+    return Verification(
+        broken=in_threat & misclassified,
+        in_threat=in_threat,
+        misclassified=misclassified,
+        rejected=misclassified & ~in_threat,
+        distance=threat.distance(forwardable, x),
+        margin=margins,
+        draws=draws if is_randomized(target) else 1,
+    )

@@ -1,0 +1,53 @@
+"""Shared supervised training loop for zoo models: seeded, deterministic, CPU by default."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        correct += (model(x[start : start + batch_size]).argmax(1) == y[start : start + batch_size]).sum().item()
+    return correct / max(len(x), 1)
+
+
+def train_classifier(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    seed: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+    parameters: list[nn.Parameter] | None = None,
+) -> None:
+    """Adam on cross-entropy (or ``loss_fn(model, x, y)``), minibatches in a seeded order."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(parameters if parameters is not None else model.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            batch = order[start : start + batch_size]
+            xb, yb = x[batch], y[batch]
+            loss = loss_fn(model, xb, yb) if loss_fn is not None else F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+
+
+def seeded_init(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module with parameters drawn from a seeded RNG, without touching global state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
