@@ -12,13 +12,13 @@ from robench.zoo.cache import cached_model
 from robench.zoo.training import accuracy, seeded_init, train_classifier
 
 log = logging.getLogger(__name__)
-CODE_VERSION = 1
+CODE_VERSION = 2
 
 
 class SmallCNN(nn.Module):
     """Two 3x3 conv layers, one pooling, two linear layers; works for any C x H x W input."""
 
-    def __init__(self, in_channels: int, height: int, width: int, num_classes: int, width_mult: int = 32) -> None:
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int, width_mult: int = 16) -> None:
         super().__init__()
         c1, c2 = width_mult, 2 * width_mult
         self.features = nn.Sequential(

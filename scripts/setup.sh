@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create ./.venv (or reuse the active virtualenv) and install robench into it.
+#   bash scripts/setup.sh          # robench itself
+#   bash scripts/setup.sh test     # plus the test extras
+# torch is installed first, pinned to 2.13.0: where its CPU build lies on local disk (as on this
+# project's machines) pip takes it in seconds instead of pulling a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  py="$VIRTUAL_ENV/bin/python"
+else
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  py=.venv/bin/python
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! "$py" -c "import torch" 2>/dev/null; then
+  "$py" -m pip install -q "torch==2.13.0"
+fi
+target="."
+[ -n "$extras" ] && target=".[$extras]"
+"$py" -m pip install -q -e "$target"
+echo "robench installed in $("$py" -c 'import sys; print(sys.prefix)')" >&2

@@ -1,0 +1,111 @@
+"""The command line (robench/cli.py), end to end on digits with a small n."""
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from robench.cli import main
+
+TINY_SUITE = """
+name = "tiny"
+[[attack]]
+attack = "pgd"
+[attack.params]
+steps = 10
+rel_stepsize = 0.25
+[[attack]]
+attack = "spsa"
+[attack.params]
+steps = 20
+samples = 64
+"""
+
+
+@pytest.fixture
+def tiny_suite(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SUITE)
+    return str(path)
+
+
+def test_evaluate_end_to_end_writes_the_output_contract(tmp_path, tiny_suite):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, [
+        "evaluate", "--defense", "none", "--defense", "bit-depth-3", "--suite", tiny_suite,
+        "--epsilon", "0.1", "--epsilon", "0.2", "--n-examples", "30", "--out", str(out), "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "worst-case" in result.output and "bit-depth-3" in result.output
+    results = pd.read_csv(out / "results.csv")
+    required = {"defense", "model", "dataset", "norm", "epsilon", "attack", "n_examples", "clean_accuracy",
+                "robust_accuracy", "robust_accuracy_low", "robust_accuracy_high", "adversarial_risk", "queries_mean", "seconds"}
+    assert required <= set(results.columns)
+    assert len(results) == 2 * 2 * 3  # defenses x epsilons x (2 attacks + worst case)
+    examples = pd.read_csv(out / "examples.csv")
+    assert {"example", "clean_correct", "broken", "queries", "distance", "margin", "defense", "epsilon", "attack"} <= set(examples.columns)
+    assert len(examples) == 2 * 2 * 2 * 30
+    run = json.loads((out / "run.json").read_text())
+    assert run["seed"] == 0 and run["versions"]["torch"] and run["device"] == "cpu"
+    undefended = results[(results.defense == "none") & (results.attack == "worst-case")].set_index("epsilon")
+    assert undefended.loc[0.1, "clean_accuracy"] >= 0.95
+    # a larger ball can only break more (same examples, the worst case is monotone in practice here)
+    assert undefended.loc[0.2, "robust_accuracy"] <= undefended.loc[0.1, "robust_accuracy"]
+    # the broken examples' distances respect the threat model
+    broken = examples[examples.broken & examples.clean_correct]
+    assert (broken.distance <= broken.epsilon + 1e-6).all()
+
+
+def test_same_seed_same_numbers(tmp_path, tiny_suite):
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        result = CliRunner().invoke(main, ["evaluate", "--defense", "none", "--suite", tiny_suite,
+                                           "--n-examples", "10", "--out", str(out), "--quiet"])
+        assert result.exit_code == 0, result.output
+        outputs.append(pd.read_csv(out / "examples.csv"))
+    pd.testing.assert_frame_equal(outputs[0], outputs[1])
+
+
+def test_list_shows_every_kind():
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0, result.output
+    for word in ("digits", "cnn", "bit_depth", "bit-depth-3", "spsa", "pgd", "quick"):
+        assert word in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--defense", "nope"], "unknown defense 'nope'"),
+        (["--suite", "nope"], "unknown suite 'nope'"),
+        (["--dataset", "nope"], "unknown dataset 'nope'"),
+        (["--dataset", "missing.npz"], "does not exist"),
+        (["--epsilon", "0"], "epsilon must be"),
+        (["--epsilon", "-0.1"], "epsilon must be"),
+        (["--epsilon", "nan"], "epsilon must be"),
+        (["--epsilon", "1.5"], "larger than the data range"),
+        (["--norm", "l3"], "unknown norm"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--model", "os:nothing_here"], "has no attribute"),
+        (["--model", "no_such_module_x:f"], "cannot import module"),
+        (["--n-examples", "0"], "n-examples must be"),
+        (["--device", "tpu"], "unknown device"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["evaluate", "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not list(out.glob("*.csv")) and not list(out.glob("*.json"))
+
+
+def test_malformed_card_is_a_one_line_error(tmp_path):
+    card = tmp_path / "broken.toml"
+    card.write_text('name = "x"\nfactory = "bit_depth"\n[params]\nbitz = 3\n')
+    result = CliRunner().invoke(main, ["evaluate", "--defense", str(card), "--n-examples", "5"])
+    assert result.exit_code == 2
+    assert "unknown parameter(s) bitz" in result.output and "valid: bits" in result.output
