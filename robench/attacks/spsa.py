@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from robench import rng
 from robench.attacks.base import Attack, AttackResult
+from robench.batching import fastest_batch_size
 from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.target import is_randomized, logits_in_chunks, margin
@@ -31,7 +32,6 @@ from robench.threat import ThreatModel
 #: Pairs per gradient-accumulation block. Fixed (not derived from ``max_batch``) so that the
 #: order of floating-point sums, and hence the result, does not depend on the chunk size.
 PAIR_BLOCK = 128
-DEFAULT_MAX_BATCH = 1024
 
 
 @attacks.register("spsa", description="SPSA, gradient-free (Uesato et al. 2018, Alg. 1)")
@@ -52,6 +52,7 @@ class SPSA(Attack):
         adam_epsilon: float = 1e-8,
         loss_draws: int = 1,
         max_batch: int | None = None,
+        amp: bool = False,
     ) -> None:
         if steps < 1:
             raise RobenchError(f"spsa: steps must be >= 1, got {steps}")
@@ -73,6 +74,7 @@ class SPSA(Attack):
         self.adam_epsilon = float(adam_epsilon)
         self.loss_draws = int(loss_draws)
         self.max_batch = max_batch
+        self.amp = bool(amp)
 
     def queries_per_step(self) -> int:
         """Forward rows per example per step: the perturbation samples plus the iterate's check."""
@@ -80,7 +82,7 @@ class SPSA(Attack):
 
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         n, shape = len(x), tuple(x.shape[1:])
-        max_batch = self.max_batch or DEFAULT_MAX_BATCH
+        max_batch = self.max_batch or fastest_batch_size(target, x)
         draws = self.loss_draws if is_randomized(target) else 1
         x0 = x.detach().flatten(1)
         x_adv = x0.clone()
@@ -120,10 +122,14 @@ class SPSA(Attack):
         return AttackResult(best.view(n, *shape), queries)
 
     def _loss(self, target: nn.Module, rows: Tensor, labels: Tensor, draws: int, max_batch: int) -> Tensor:
-        """Margin loss, averaged over ``draws`` forward passes for a randomized target."""
-        total = margin(logits_in_chunks(target, rows, max_batch), labels)
-        for _ in range(draws - 1):
-            total = total + margin(logits_in_chunks(target, rows, max_batch), labels)
+        """Margin loss, averaged over ``draws`` forward passes for a randomized target.
+
+        With ``amp`` on CUDA the forward runs under bfloat16 autocast; the loss is kept in float32.
+        """
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and rows.is_cuda):
+            total = margin(logits_in_chunks(target, rows, max_batch).to(rows.dtype), labels)
+            for _ in range(draws - 1):
+                total = total + margin(logits_in_chunks(target, rows, max_batch).to(rows.dtype), labels)
         return total / draws
 
     def _estimate_gradient(

@@ -122,7 +122,7 @@ def test_counting_queries_on_the_model_matches_the_reported_count():
 
     model, x, y, seeds = _toy_problem()
     counter = QueryCounter(model)
-    result = SPSA(steps=7, samples=10).run(counter, x, y, ThreatModel("linf", 0.05), seeds=seeds)
+    result = SPSA(steps=7, samples=10, max_batch=64).run(counter, x, y, ThreatModel("linf", 0.05), seeds=seeds)
     assert counter.rows == int(result.queries.sum())
 
 
