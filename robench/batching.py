@@ -3,21 +3,27 @@
 Per-row cost is not monotone in batch size: on a CPU a forward of ~1,000 rows costs about half
 as much per row as one of 65,000 (activations fall out of cache), while on a GPU larger batches
 keep improving until memory runs out. So robench measures instead of guessing: a few forwards
-at doubling sizes, stopping once the cost per row has clearly turned up. Results never depend on
-the chosen size (attacks sum in a fixed order), only speed does.
+at doubling sizes, stopping once the cost per row has clearly turned up, or once one forward takes
+longer than ``SLOW_FORWARD_S`` (past that, the per-call overhead that batching amortizes is
+negligible, and a slow model would spend minutes probing sizes it does not need). Results never
+depend on the chosen size (attacks sum in a fixed order), only speed does.
 """
 from __future__ import annotations
 
 import logging
 import time
+import weakref
 
 import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
+#: a forward this slow is large enough: bigger batches would not amortize anything more
+SLOW_FORWARD_S = 0.1
 CANDIDATES = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
-_cache: dict[tuple, int] = {}
+#: per target (weakly held, so a freed target's id is never mistaken for a new one's): key -> size
+_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
 
 
 def _synchronize(device: torch.device) -> None:
@@ -40,9 +46,10 @@ def fastest_batch_size(
     are not tried. The answer is cached per target, input shape, dtype and device.
     """
     row = example[:1] if example.dim() > 1 and example.shape[0] >= 1 else example.unsqueeze(0)
-    key = (id(target), tuple(row.shape[1:]), row.dtype, str(row.device), limit)
-    if key in _cache:
-        return _cache[key]
+    key = (tuple(row.shape[1:]), row.dtype, str(row.device), limit, tuple(candidates))
+    known = _cache.setdefault(target, {})
+    if key in known:
+        return known[key]
     best_size, best_cost = candidates[0], float("inf")
     for size in candidates:
         if limit is not None and size > limit:
@@ -57,11 +64,14 @@ def fastest_batch_size(
             _synchronize(row.device)
         except torch.cuda.OutOfMemoryError:
             break
-        cost = (time.perf_counter() - start) / (repeats * size)
+        per_forward = (time.perf_counter() - start) / repeats
+        cost = per_forward / size
         if cost < best_cost:
             best_size, best_cost = size, cost
         elif cost > 1.3 * best_cost:
             break  # past the sweet spot
+        if per_forward > SLOW_FORWARD_S:
+            break  # large enough; stop before a slow model spends minutes probing
     log.debug("fastest batch size for %s on %s: %d (%.2f us/row)", type(target).__name__, row.device, best_size, best_cost * 1e6)
-    _cache[key] = best_size
+    known[key] = best_size
     return best_size

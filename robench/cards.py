@@ -33,6 +33,8 @@ class DefenseCard:
     differentiable: bool | None = None
     randomized: bool | None = None
     tolerance: float | None = None
+    #: in the default set (``robench evaluate`` with no --defense); slow defenses opt out
+    default: bool = True
     source: str = ""
 
 
@@ -41,6 +43,10 @@ class AttackSpec:
     attack: str
     label: str
     params: dict[str, Any] = field(default_factory=dict)
+    #: gradient attacks: BPDA/EOT where the target masks or randomizes gradients (Athalye et al. 2018)
+    adaptive: bool = True
+    #: EOT draws per gradient on randomized targets (None: the runner's default)
+    eot_samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,10 @@ class SuiteCard:
 DEFENSE_KEYS = {
     "name": str, "factory": str, "params": dict, "paper": str, "description": str,
     "differentiable": bool, "randomized": bool, "tolerance": (int, float),
+    "default": bool,
 }
 SUITE_KEYS = {"name": str, "description": str, "attack": list}
-ATTACK_KEYS = {"attack": str, "label": str, "params": dict}
+ATTACK_KEYS = {"attack": str, "label": str, "params": dict, "adaptive": bool, "eot_samples": int}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -73,7 +80,7 @@ def parse_toml(text: str, where: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise RobenchError(f"card {where!r} is not valid TOML: {exc}; see ../shared/DESIGN.md for the card format") from None
+        raise RobenchError(f"card {where!r} is not valid TOML: {exc}; see the README's 'Cards' section for the format") from None
 
 
 def _check_keys(table: dict[str, Any], schema: dict[str, Any], where: str, required: tuple[str, ...]) -> None:
@@ -102,7 +109,8 @@ def parse_defense_card(data: dict[str, Any], where: str) -> DefenseCard:
         name=data["name"], factory=data["factory"], params=dict(data.get("params", {})),
         paper=data.get("paper", ""), description=data.get("description", ""),
         differentiable=data.get("differentiable"), randomized=data.get("randomized"),
-        tolerance=None if tolerance is None else float(tolerance), source=where,
+        tolerance=None if tolerance is None else float(tolerance), default=data.get("default", True),
+        source=where,
     )
 
 
@@ -117,7 +125,11 @@ def parse_suite_card(data: dict[str, Any], where: str) -> SuiteCard:
         label = entry.get("label", entry["attack"])
         if not _NAME.match(label):
             raise RobenchError(f"{at}: label {label!r} must be letters, digits, '.', '_', '+' or '-'")
-        specs.append(AttackSpec(entry["attack"], label, dict(entry.get("params", {}))))
+        eot = entry.get("eot_samples")
+        if eot is not None and eot < 1:
+            raise RobenchError(f"{at}: eot_samples must be >= 1, got {eot}")
+        specs.append(AttackSpec(entry["attack"], label, dict(entry.get("params", {})),
+                                adaptive=entry.get("adaptive", True), eot_samples=eot))
     if not specs:
         raise RobenchError(f"suite card {where}: lists no attacks; add at least one [[attack]] table")
     labels = [s.label for s in specs]
@@ -174,8 +186,10 @@ def load_suite_card(spec: str) -> SuiteCard:
     raise RobenchError(f"unknown suite {spec!r}{did_you_mean(spec, list(cards))}; or give the path of a card")
 
 
-def all_defense_cards() -> list[DefenseCard]:
-    return [parse_defense_card(_read_toml(p), str(p)) for p in _named_cards("defenses").values()]
+def all_defense_cards(*, default_only: bool = False) -> list[DefenseCard]:
+    """Every defense card found; ``default_only`` drops cards with ``default = false``."""
+    cards = [parse_defense_card(_read_toml(p), str(p)) for p in _named_cards("defenses").values()]
+    return [c for c in cards if c.default or not default_only]
 
 
 def defense_card_names() -> list[str]:

@@ -5,6 +5,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -41,43 +42,77 @@ def main() -> None:
 @main.command()
 @click.option("--dataset", default="digits", show_default=True, help="Registered data set, or a path to an .npz file (x, y).")
 @click.option("--model", default="cnn", show_default=True, help="Registered model, or package.module:callable returning a trained nn.Module.")
-@click.option("--defense", "defenses", multiple=True, help="Defense card name or path (repeatable). Default: every registered defense.")
+@click.option("--defense", "defenses", multiple=True, help="Defense card name or path (repeatable). Default: every registered defense in the default set.")
 @click.option("--suite", default="quick", show_default=True, help="Attack suite card name or path.")
 @click.option("--norm", default="linf", show_default=True, help="Threat model norm: linf or l2.")
 @click.option("--epsilon", "epsilons", multiple=True, type=float, help="Perturbation budget (repeatable). Default: 0.1 (linf), 1.0 (l2).")
 @click.option("--n-examples", default=100, show_default=True, type=int, help="Test examples to attack.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Run seed; every random choice derives from it.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--max-batch", type=int, default=None, help="Largest forward batch (rows); default chosen per attack.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write results.csv, examples.csv and run.json here.")
+@click.option("--max-batch", type=int, default=None, help="Largest forward batch (rows); default: chosen by a timed probe.")
+@click.option("--shard-size", default=256, show_default=True, type=int, help="Examples per work unit.")
+@click.option("--no-diagnostics", is_flag=True, help="Skip the gradient-masking probes.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Where units run.")
+@click.option("--address", default=None, help="Ray cluster address (with --executor ray); default: a local instance.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write results, examples, diagnostics, run.json and report.html here.")
+@click.option("--resume", type=click.Path(file_okay=False), default=None, help="Finish an interrupted run in this directory (same options).")
 @click.option("--quiet", is_flag=True, help="Only the final table.")
 @friendly_errors
 def evaluate(
     dataset: str, model: str, defenses: tuple[str, ...], suite: str, norm: str, epsilons: tuple[float, ...],
-    n_examples: int, seed: int, device: str, max_batch: int | None, out: str | None, quiet: bool,
+    n_examples: int, seed: int, device: str, max_batch: int | None, shard_size: int, no_diagnostics: bool,
+    executor: str, address: str | None, out: str | None, resume: str | None, quiet: bool,
 ) -> None:
     """Attack every defense with every attack of a suite; report worst-case robust accuracy."""
     _setup_logging(quiet)
     from robench.output import prepare_out_dir, write_evaluation
+    from robench.progress import UnitProgress
     from robench.runner import EvalConfig, evaluate_config
+    from robench.store import RunStore
     from robench.table import summary_table
 
     if max_batch is not None and max_batch < 1:
         raise RobenchError(f"--max-batch must be >= 1, got {max_batch}")
+    if resume and out and Path(resume).resolve() != Path(out).resolve():
+        raise RobenchError("--resume DIR writes into DIR; drop --out or give the same directory")
     if not epsilons:
         epsilons = (0.1,) if norm == "linf" else (1.0,)
-    out_dir = prepare_out_dir(out) if out else None
+    target_dir = resume or out
+    out_dir = prepare_out_dir(target_dir) if target_dir else None
     config = EvalConfig(
         dataset=dataset, model=model, defenses=tuple(defenses), suite=suite, norm=norm,
         epsilons=tuple(epsilons), n_examples=n_examples, seed=seed, device=device, max_batch=max_batch,
+        shard_size=shard_size, diagnostics=not no_diagnostics,
     )
-    evaluation = evaluate_config(config)
+    store = RunStore(out_dir) if out_dir is not None else None
+    progress = UnitProgress(enabled=not quiet)
+    try:
+        evaluation = evaluate_config(config, store=store, executor=executor, address=address,
+                                     on_unit=progress.update, on_plan=progress.start, resume=bool(resume))
+    except KeyboardInterrupt:
+        progress.close()
+        if out_dir is not None:
+            click.echo(f"interrupted: finished units are kept in {out_dir}; "
+                       f"finish the run with: robench evaluate --resume {out_dir} (and the same options)", err=True)
+        else:
+            click.echo("interrupted; nothing was saved (use --out DIR to keep finished units)", err=True)
+        sys.exit(130)
+    progress.close()
     click.echo(summary_table(evaluation.results))
+    fired = evaluation.diagnostics[evaluation.diagnostics["fired"].astype(bool)] if len(evaluation.diagnostics) else evaluation.diagnostics
+    for row in fired.itertuples():
+        click.echo(f"warning: {row.defense} eps={row.epsilon:g}: {row.check}: {row.detail}")
     click.echo(f"({evaluation.run['timings']['seconds']:.1f}s on {evaluation.run['device']}; "
                f"{evaluation.run['rejected_proposals']} proposal(s) rejected by verification)")
     if out_dir is not None:
         for path in write_evaluation(evaluation, out_dir):
             log.info("wrote %s", path)
+    failed = evaluation.run["failed_units"]
+    if failed:
+        first = failed[0]
+        where = f"; details in {out_dir / 'run.json'}, rerun them with --resume {out_dir}" if out_dir else ""
+        raise RobenchError(f"{len(failed)} unit(s) failed, e.g. defense {first['defense']!r} eps={first['epsilon']:g} "
+                           f"attack {first['attack']!r}: {first['error']}{where}")
 
 
 @main.command("list")
@@ -100,6 +135,18 @@ def list_command() -> None:
     section("attacks", [(e.name, e.description) for e in attacks.entries()] + [("foolbox.<Class>", "any foolbox attack by class name")])
     section("suites", [(n, ", ".join(s.label for s in load_suite_card(n).attacks)) for n in suite_card_names()])
 
+
+def _add_subcommands() -> None:
+    """Commands that live beside the code they drive (reports, zoo); imported lazily by click."""
+    from robench.reports.commands import check, report
+    from robench.zoo.commands import zoo
+
+    main.add_command(report)
+    main.add_command(check)
+    main.add_command(zoo)
+
+
+_add_subcommands()
 
 if __name__ == "__main__":
     main()

@@ -6,14 +6,18 @@ half-written report.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
+import numpy as np
+
 from robench.errors import RobenchError
-from robench.io import atomic_write_csv, atomic_write_json
+from robench.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from robench.runner import Evaluation
 
 RESULTS, EXAMPLES, RUN = "results.csv", "examples.csv", "run.json"
+DIAGNOSTICS, ADVERSARIAL, REPORT = "diagnostics.csv", "adversarial.npz", "report.html"
 
 
 def prepare_out_dir(path: str | Path) -> Path:
@@ -28,9 +32,21 @@ def prepare_out_dir(path: str | Path) -> Path:
     return path
 
 
-def write_evaluation(evaluation: Evaluation, out: str | Path) -> list[Path]:
+def write_evaluation(evaluation: Evaluation, out: str | Path, *, report: bool = True) -> list[Path]:
+    """Write the output files, each atomically; the HTML report last, from the files alone."""
     out = Path(out)
     atomic_write_csv(out / EXAMPLES, evaluation.examples)
     atomic_write_json(out / RUN, evaluation.run)
+    atomic_write_csv(out / DIAGNOSTICS, evaluation.diagnostics)
+    written = [out / RESULTS, out / EXAMPLES, out / RUN, out / DIAGNOSTICS]
+    if evaluation.adversarial:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **evaluation.adversarial)
+        atomic_write_bytes(out / ADVERSARIAL, buffer.getvalue())
+        written.append(out / ADVERSARIAL)
     atomic_write_csv(out / RESULTS, evaluation.results)
-    return [out / RESULTS, out / EXAMPLES, out / RUN]
+    if report:
+        from robench.reports import write_report
+
+        written.append(write_report(out))
+    return written

@@ -1,7 +1,10 @@
 """Defense blocks: ``factory(model, **params) -> nn.Module`` registered by name.
 
 A block returns a module that sets ``differentiable`` and ``randomized`` (see ``robench.target``)
-and, where it is not differentiable, ``bpda``: the differentiable stand-in that BPDA uses for its
-backward pass (identity by default).
+and, where it is not differentiable, ``bpda`` (a ``Preprocessed`` block's differentiable stand-in
+for its transform, identity by default) or ``bpda_forward`` (a stand-in for the whole forward
+pass): what BPDA (``robench.attacks.adaptive``) backpropagates through.
 """
 from robench.defenses import preprocessing  # noqa: F401
+from robench.defenses import jpeg, noise, resize_pad, robust_training, saturation, thermometer  # noqa: F401
+from robench.defenses import purify  # noqa: F401,E402  (PixelDefend-style purification; a colleague's module)

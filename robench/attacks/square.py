@@ -1,0 +1,258 @@
+"""Square Attack: a score-based, gradient-free random search (Andriushchenko et al. 2020).
+
+Andriushchenko, Croce, Flammarion, Hein. "Square Attack: a query-efficient black-box adversarial
+attack via random search", ECCV 2020. Each iteration changes the current best perturbation on one
+random square window (side length from the paper's p-schedule, Sec. 3) and keeps the change only if
+the margin loss L = f_y(x) - max_{k != y} f_k(x) on the logits goes down:
+
+* L-inf (Alg. 2): the window gets a new vertex of the ball, +-eps per colour channel; the start is
+  vertical stripes of +-eps;
+* L2 (Alg. 3): mass is moved from a second window into the first with the paper's "meta pseudo
+  Gaussian" pattern, keeping the perturbation on the sphere of radius eps; the start is a grid of
+  such bumps.
+
+Vectorized over examples: the window size depends only on the iteration, positions and signs are
+drawn per example from the counter-based streams of ``robench.rng`` (so an example's result does
+not depend on its batch), and an example leaves the batch as soon as it is misclassified. One
+forward row per active example per iteration, so ``queries`` bounds each example's count exactly.
+
+Departures from the reference code: where it re-draws an L-inf window until it differs from the
+current one (a loop per example), robench flips all the window's channel signs instead (same
+effect: the window changes); the L2 pattern's random transpose is per example rather than per
+batch; and a window's corner is uniform on all H - s + 1 positions (the reference's
+``randint(0, h - s)`` never touches the last row and column, which on small images leaves part of
+the ball unexplored: on a 4x4 input 7 of 16 pixels would keep their initial value forever).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor, nn
+
+from robench import rng
+from robench.attacks.base import Attack, AttackResult
+from robench.batching import fastest_batch_size
+from robench.errors import RobenchError
+from robench.registry import attacks
+from robench.target import logits_in_chunks, margin
+from robench.threat import ThreatModel
+
+#: counter of the per-example random stream for the start; iteration i uses counter i + 1
+_INIT_COUNTER = 0
+
+
+def p_schedule(p_init: float, iteration: int, n_iterations: int) -> float:
+    """Fraction of pixels changed at ``iteration``: halved at fixed fractions of the budget.
+
+    The schedule of the paper's reference implementation (``p_selection``), defined for a budget of
+    10,000 queries and rescaled to ``n_iterations``.
+    """
+    it = int(iteration / n_iterations * 10000)
+    for bound, divisor in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256), (10000, 512)):
+        if it <= bound:
+            return p_init / divisor
+    return p_init
+
+
+def _pseudo_gaussian_rectangle(rows: int, cols: int) -> Tensor:
+    """Nested rectangles weighted 1/(k+1)^2 around the centre, unit L2 norm (reference code)."""
+    delta = torch.zeros(rows, cols, dtype=torch.float64)
+    if rows == 0 or cols == 0:
+        return delta
+    r0, c0 = rows // 2, cols // 2
+    for k in range(max(r0 + 1, c0 + 1)):
+        delta[max(r0 - k, 0) : min(r0 - k + 2 * k + 1, rows), max(c0 - k, 0) : min(c0 - k + 2 * k + 1, cols)] += 1.0 / (k + 1) ** 2
+    return delta / delta.norm()
+
+
+@functools.lru_cache(maxsize=64)
+def meta_pseudo_gaussian(side: int) -> Tensor:
+    """The L2 update pattern (Alg. 3): two halves of opposite sign, unit L2 norm, float64."""
+    delta = torch.zeros(side, side, dtype=torch.float64)
+    delta[: side // 2] = _pseudo_gaussian_rectangle(side // 2, side)
+    delta[side // 2 :] = -_pseudo_gaussian_rectangle(side - side // 2, side)
+    return delta / delta.norm()
+
+
+def _window_mask(corner_h: Tensor, corner_w: Tensor, side: int, h: int, w: int) -> Tensor:
+    """(n, 1, h, w) booleans: True inside each example's side x side window."""
+    rows = torch.arange(h, device=corner_h.device)
+    cols = torch.arange(w, device=corner_h.device)
+    in_rows = (rows >= corner_h[:, None]) & (rows < corner_h[:, None] + side)
+    in_cols = (cols >= corner_w[:, None]) & (cols < corner_w[:, None] + side)
+    return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
+
+
+def _read_window(x: Tensor, corner_h: Tensor, corner_w: Tensor, side: int) -> Tensor:
+    """(n, c, side, side): each example's window of x (n, c, h, w)."""
+    n, c, h, w = x.shape
+    offsets = torch.arange(side, device=x.device)
+    rows = (corner_h[:, None] + offsets).view(n, 1, side, 1).expand(n, c, side, w)
+    cols = (corner_w[:, None] + offsets).view(n, 1, 1, side).expand(n, c, side, side)
+    return x.gather(2, rows).gather(3, cols)
+
+
+def _place_window(values: Tensor, corner_h: Tensor, corner_w: Tensor, h: int, w: int) -> Tensor:
+    """(n, c, h, w) with ``values`` (n, c, s, s) at each example's window (garbage outside it)."""
+    n, c, side, _ = values.shape
+    rel_h = (torch.arange(h, device=values.device) - corner_h[:, None]).clamp(0, side - 1)
+    rel_w = (torch.arange(w, device=values.device) - corner_w[:, None]).clamp(0, side - 1)
+    rows = rel_h.view(n, 1, h, 1).expand(n, c, h, side)
+    cols = rel_w.view(n, 1, 1, w).expand(n, c, h, w)
+    return values.gather(2, rows).gather(3, cols)
+
+
+class _Draws:
+    """Per-example random integers for one iteration, equal to ``rng.random_bits(seeds, counter, (k,))``.
+
+    The same counter-based streams, with the parts that do not depend on the example (the hashed
+    positions and the counter's key) computed once: Square draws a handful of numbers per example
+    per iteration, so the hashing, not the arithmetic, would otherwise be its overhead.
+    """
+
+    def __init__(self, seeds: Tensor, count: int) -> None:
+        self.seeds = seeds.long()
+        self.positions = rng.hash32(torch.arange(count, device=seeds.device, dtype=torch.long)).view(1, -1)
+
+    def bits(self, counter: int, seeds: Tensor | None = None) -> Tensor:
+        seeds = self.seeds if seeds is None else seeds.long()
+        counter_key = rng.hash32((counter & 0xFFFFFFFF) + 0x632BE5AB)  # plain ints: no tensor op
+        keys = rng.hash32(seeds ^ counter_key)
+        return rng.hash32(keys.view(-1, 1) ^ self.positions)
+
+
+def _ints(bits: Tensor, highs: tuple[int, ...]) -> Tensor:
+    """Integers uniform on [0, highs[j]) from 24 random bits per column j."""
+    high = torch.tensor(highs, dtype=torch.long, device=bits.device)
+    return ((bits >> 8) * high) >> 24
+
+
+def _signs(bits: Tensor, dtype: torch.dtype) -> Tensor:
+    """+-1 from bit 7, as ``rng.rademacher``."""
+    return ((bits >> 7) & 1).to(dtype) * 2 - 1
+
+
+def _l2_normalize(delta: Tensor) -> Tensor:
+    return delta / delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+@attacks.register("square", description="Square Attack, gradient-free random search (Andriushchenko et al. 2020)")
+class Square(Attack):
+    name = "square"
+    gradient_free = True
+
+    def __init__(
+        self,
+        *,
+        queries: int = 10000,
+        p_init: float | None = None,
+        max_batch: int | None = None,
+    ) -> None:
+        """``queries``: forward rows per example, the start included; ``p_init``: the initial
+        fraction of pixels changed, by default the paper's 0.05 (L-inf) or 0.1 (L2)."""
+        if queries < 1:
+            raise RobenchError(f"square: queries must be >= 1, got {queries}")
+        if p_init is not None and not 0 < p_init <= 1:
+            raise RobenchError(f"square: p_init must be in (0, 1], got {p_init}")
+        if max_batch is not None and max_batch < 1:
+            raise RobenchError(f"square: max_batch must be >= 1, got {max_batch}")
+        self.queries = int(queries)
+        self.p_init = p_init
+        self.max_batch = max_batch
+
+    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
+        if x.dim() != 4 or min(x.shape[2:]) < 2:
+            raise RobenchError(
+                f"square: needs images of shape (N, C, H, W) with H, W >= 2, got {tuple(x.shape)}; use spsa for other inputs"
+            )
+        n, c, h, w = x.shape
+        p_init = self.p_init if self.p_init is not None else (0.05 if threat.norm == "linf" else 0.1)
+        max_batch = self.max_batch or fastest_batch_size(target, x)
+        x0 = x.detach()
+        eps = threat.epsilon
+
+        def loss(rows: Tensor, labels: Tensor) -> Tensor:
+            return margin(logits_in_chunks(target, rows, max_batch).to(rows.dtype), labels)
+
+        best = threat.project(x0 + self._start(seeds, x0, eps, threat.norm), x0)
+        best_margin = loss(best, y)
+        queries = torch.ones(n, dtype=torch.long, device=x.device)
+        active = torch.nonzero(best_margin >= 0).squeeze(1)  # misclassified examples are done
+        iterations = self.queries - 1
+        draws = _Draws(seeds, 5 + c)  # 4 corner coordinates, a sign per channel, a transpose bit
+        for iteration in range(iterations):
+            if len(active) == 0:
+                break
+            x_a, best_a, s_a = x0[active], best[active], seeds[active]
+            bits = draws.bits(1 + iteration, s_a)
+            p = p_schedule(p_init, iteration, self.queries)
+            if threat.norm == "linf":
+                candidate = self._linf_step(x_a, best_a, bits, p, eps, threat)
+            else:
+                candidate = self._l2_step(x_a, best_a, bits, p, eps)
+            candidate = threat.project(candidate, x_a)
+            candidate_margin = loss(candidate, y[active])
+            queries[active] += 1
+            improved = candidate_margin < best_margin[active]
+            best[active] = torch.where(improved.view(-1, 1, 1, 1), candidate, best_a)
+            best_margin[active] = torch.where(improved, candidate_margin, best_margin[active])
+            active = active[best_margin[active] >= 0]  # the one host sync per iteration
+        return AttackResult(best, queries)
+
+    @staticmethod
+    def _start(seeds: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+        """Initial perturbation: vertical stripes (L-inf) or a grid of pseudo-Gaussian bumps (L2)."""
+        n, c, h, w = x.shape
+        if norm == "linf":
+            return eps * rng.rademacher(seeds, _INIT_COUNTER, (c, 1, w), dtype=x.dtype)
+        side = max(h // 5, 1)
+        tiles_h, tiles_w = h // side, w // side
+        first = (h - side * 5) // 2 if h >= 5 else 0
+        signs = rng.rademacher(seeds, _INIT_COUNTER, (c, tiles_h, tiles_w), dtype=x.dtype)
+        bumps = signs.repeat_interleave(side, 2).repeat_interleave(side, 3)
+        bumps = bumps * meta_pseudo_gaussian(side).to(x).repeat(tiles_h, tiles_w)
+        canvas = torch.zeros(n, c, max(h, first + tiles_h * side), max(w, first + tiles_w * side), dtype=x.dtype, device=x.device)
+        canvas[:, :, first : first + tiles_h * side, first : first + tiles_w * side] = bumps
+        return _l2_normalize(canvas[:, :, :h, :w]) * eps
+
+    @staticmethod
+    def _linf_step(x: Tensor, best: Tensor, bits: Tensor, p: float, eps: float, threat: ThreatModel) -> Tensor:
+        """Alg. 2: a new vertex (+-eps per channel) on one random square of side sqrt(p * H * W)."""
+        n, c, h, w = x.shape
+        side = min(max(int(round(math.sqrt(p * h * w))), 1), min(h, w) - 1)
+        corners = _ints(bits[:, :2], (h - side + 1, w - side + 1))
+        mask = _window_mask(corners[:, 0], corners[:, 1], side, h, w)
+        vertex = eps * _signs(bits[:, 4 : 4 + c], x.dtype).view(-1, c, 1, 1)
+        candidate = threat.clip_to_bounds(torch.where(mask, x + vertex, best))
+        changed = ((candidate - best).abs() >= 1e-7) & mask
+        unchanged = ~changed.flatten(1).any(dim=1)
+        flipped = threat.clip_to_bounds(x - vertex)
+        return torch.where(mask & unchanged.view(-1, 1, 1, 1), flipped, candidate)
+
+    @staticmethod
+    def _l2_step(x: Tensor, best: Tensor, bits: Tensor, p: float, eps: float) -> Tensor:
+        """Alg. 3: move perturbation mass from window 2 into window 1, staying on the eps-sphere."""
+        n, c, h, w = x.shape
+        side = max(int(round(math.sqrt(p * h * w))), 3)
+        side += 1 - side % 2  # odd, as in the reference code
+        side = min(side, min(h, w) - 1)
+        corners = _ints(bits[:, :4], (h - side + 1, w - side + 1) * 2)
+        mask1 = _window_mask(corners[:, 0], corners[:, 1], side, h, w)
+        mask2 = _window_mask(corners[:, 2], corners[:, 3], side, h, w)
+        delta = best - x
+        norm_window1 = (delta * mask1).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
+        norm_image = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        norm_windows = (delta * (mask1 | mask2)).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
+
+        pattern = meta_pseudo_gaussian(side).to(x)
+        transpose = ((bits[:, 4 + c] >> 7) & 1).bool().view(-1, 1, 1, 1)
+        pattern = torch.where(transpose, pattern.t(), pattern)  # (n, 1, s, s)
+        signs = _signs(bits[:, 4 : 4 + c], x.dtype).view(-1, c, 1, 1)
+        update = pattern * signs + _read_window(delta, corners[:, 0], corners[:, 1], side) / (1e-10 + norm_window1)
+        budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
+        update = update / update.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12) * budget
+        delta = torch.where(mask2, torch.zeros_like(delta), delta)
+        delta = torch.where(mask1, _place_window(update, corners[:, 0], corners[:, 1], h, w), delta)
+        return x + _l2_normalize(delta) * eps

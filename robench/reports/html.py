@@ -1,0 +1,300 @@
+"""``DIR/report.html``: one self-contained page a person reads, regenerated from the stored files alone.
+
+The page is a jinja2 template with autoescaping on (a defense or attack name is data, never
+markup), figures are embedded PNG data URIs, and a Content-Security-Policy forbids every network
+request and script, so the file can be mailed, archived or opened offline and shows the same thing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robench.io import atomic_write_text
+from robench.reports import figures, images
+from robench.reports.rundir import REPORT, WORST_CASE, RunFiles, load_run
+
+log = logging.getLogger(__name__)
+
+#: attack names known to be gradient-free when run.json predates the ``gradient_free`` flag
+GRADIENT_FREE_NAMES = ("spsa", "square")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``run_dir/report.html`` from results.csv, run.json and the optional files; return its path."""
+    run = load_run(run_dir)
+    html = render_report(run)
+    path = run.path / REPORT
+    atomic_write_text(path, html)
+    return path
+
+
+def render_report(run: RunFiles) -> str:
+    """The report as a string (no files written)."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    environment = Environment(
+        loader=PackageLoader("robench.reports", "templates"), autoescape=True,
+        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    return environment.get_template("report.html").render(**report_context(run))
+
+
+# ------------------------------------------------------------------------------------------- context
+def _pairs(results: pd.DataFrame) -> list[tuple[str, float]]:
+    """(defense, epsilon) in the order the run wrote them."""
+    seen: dict[tuple[str, float], None] = {}
+    for defense, epsilon in zip(results["defense"], results["epsilon"]):
+        seen.setdefault((str(defense), float(epsilon)), None)
+    return list(seen)
+
+
+def _suite_attacks(run: RunFiles) -> list[dict[str, Any]]:
+    listed = (run.run.get("suite") or {}).get("attacks") or []
+    labels = [a for a in dict.fromkeys(run.results["attack"].astype(str)) if a != WORST_CASE]
+    by_label = {str(a.get("label")): a for a in listed if isinstance(a, dict)}
+    attacks = []
+    for label in [*[str(a.get("label")) for a in listed if isinstance(a, dict)], *labels]:
+        if any(a["label"] == label for a in attacks):
+            continue
+        entry = by_label.get(label, {})
+        name = str(entry.get("attack", label))
+        free = entry.get("gradient_free")
+        if free is None:
+            free = name.lower() in GRADIENT_FREE_NAMES or label.lower() in GRADIENT_FREE_NAMES
+        attacks.append({"label": label, "attack": name, "repr": str(entry.get("repr", "")), "gradient_free": bool(free),
+                        "in_results": label in labels})
+    return attacks
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def _headline(run: RunFiles, attacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    results = run.results
+    failed = {(str(u.get("defense")), round(float(u.get("epsilon", np.nan)), 9)) for u in run.failed_units}
+    rows = []
+    for defense, epsilon in _pairs(results):
+        group = results[(results["defense"] == defense) & (results["epsilon"] == epsilon)].set_index("attack")
+        worst = group.loc[WORST_CASE] if WORST_CASE in group.index else None
+        cells, broken_by = [], {}
+        for attack in attacks:
+            if attack["label"] in group.index:
+                row = group.loc[attack["label"]]
+                cells.append({"text": _pct(row["robust_accuracy"]), "value": float(row["robust_accuracy"])})
+                if "robust" in row.index:
+                    clean = round(float(row["clean_accuracy"]) * int(row["n_examples"]))
+                    broken_by[attack["label"]] = clean - int(row["robust"])
+                else:
+                    broken_by[attack["label"]] = round((float(row["clean_accuracy"]) - float(row["robust_accuracy"])) * int(row["n_examples"]))
+            else:
+                cells.append({"text": "-", "value": None})
+        values = [c["value"] for c in cells if c["value"] is not None]
+        for cell in cells:
+            cell["strongest"] = cell["value"] is not None and len(values) > 1 and cell["value"] == min(values)
+        most = max(broken_by.values(), default=0)
+        reference = worst if worst is not None else (group.iloc[0] if len(group) else None)
+        rows.append({
+            "defense": defense, "epsilon": f"{epsilon:g}",
+            "n": int(reference["n_examples"]) if reference is not None else 0,
+            "clean": _pct(float(reference["clean_accuracy"])) if reference is not None else "-",
+            "cells": cells,
+            "worst": None if worst is None else {
+                "text": _pct(worst["robust_accuracy"]), "low": _pct(worst["robust_accuracy_low"]),
+                "high": _pct(worst["robust_accuracy_high"]),
+                "bar_left": 100 * float(worst["robust_accuracy_low"]),
+                "bar_width": 100 * (float(worst["robust_accuracy_high"]) - float(worst["robust_accuracy_low"])),
+                "bar_point": 100 * float(worst["robust_accuracy"]),
+            },
+            "broke_most": ", ".join(a for a, k in broken_by.items() if k == most) if most > 0 else "",
+            "broke_most_count": most,
+            "failed": (defense, round(epsilon, 9)) in failed,
+        })
+    return rows
+
+
+def _curves(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[list(figures.CURVE_COLUMNS)].astype({"epsilon": float})
+
+
+def _gradient_only(run: RunFiles, gradient_labels: list[str]) -> tuple[pd.DataFrame, str]:
+    """Per (defense, epsilon): robust accuracy when only the gradient attacks count."""
+    from robench.risk import clopper_pearson
+
+    examples = run.examples
+    if examples is not None and len(examples):
+        rows = examples[examples["attack"].astype(str).isin(gradient_labels)].copy()
+        rows["broken"] = rows["broken"].astype(str).str.lower().isin(["true", "1"])
+        rows["clean_correct"] = rows["clean_correct"].astype(str).str.lower().isin(["true", "1"])
+        per_example = rows.groupby(["defense", "epsilon", "example"], sort=False).agg(
+            clean_correct=("clean_correct", "first"), broken=("broken", "max")).reset_index()
+        per_example["robust"] = per_example["clean_correct"] & ~per_example["broken"]
+        table = per_example.groupby(["defense", "epsilon"], sort=False).agg(
+            robust=("robust", "sum"), n=("example", "size")).reset_index()
+        low, high = clopper_pearson(table["robust"], table["n"])
+        table["robust_accuracy"] = table["robust"] / table["n"]
+        table["robust_accuracy_low"], table["robust_accuracy_high"] = low, high
+        return _curves(table), "Gradient attacks only"
+    # without examples.csv: the strongest single gradient attack (an upper bound on their worst case)
+    rows = run.results[run.results["attack"].astype(str).isin(gradient_labels)]
+    best = rows.loc[rows.groupby(["defense", "epsilon"], sort=False)["robust_accuracy"].idxmin()]
+    return _curves(best), "Strongest gradient attack"
+
+
+def _figures(run: RunFiles, attacks: list[dict[str, Any]], palette: dict[str, str]) -> list[dict[str, str]]:
+    worst = run.results[run.results["attack"] == WORST_CASE]
+    if worst.empty:
+        return []
+    found = [{
+        "title": "Robust accuracy against epsilon",
+        "caption": "Worst case over every attack of the suite, per defense; the band (or bar) is the 95% "
+                   "Clopper-Pearson interval over the evaluated examples.",
+        "src": figures.robust_accuracy_figure(_curves(worst), palette),
+    }]
+    gradient = [a["label"] for a in attacks if not a["gradient_free"] and a["in_results"]]
+    if gradient:
+        curves, title = _gradient_only(run, gradient)
+        found.append({
+            "title": "Gradient attacks vs. the worst case",
+            "caption": f"Left: only {', '.join(gradient)} count; right: every attack. A defense far higher on the left "
+                       "than on the right resists gradients but not a gradient-free attack: gradient masking "
+                       "(Uesato et al. 2018, Sec. 5).",
+            "src": figures.gradient_vs_worst_figure(curves, _curves(worst), palette, gradient_title=title),
+        })
+    return found
+
+
+def _image_grids(run: RunFiles) -> list[dict[str, str]]:
+    arrays = run.adversarial
+    if not arrays or not len(arrays["example"]):
+        return []
+    grids = []
+    order = {pair: i for i, pair in enumerate(_pairs(run.results))}
+    keys = list(dict.fromkeys(zip(arrays["defense"].tolist(), np.asarray(arrays["epsilon"], float).tolist())))
+    keys.sort(key=lambda k: order.get(k, len(order)))
+    for defense, epsilon in keys:
+        mask = (arrays["defense"] == defense) & np.isclose(np.asarray(arrays["epsilon"], float), epsilon)
+        index = np.flatnonzero(mask)
+        _, first = np.unique(arrays["example"][index], return_index=True)  # one proposal per example
+        index = index[np.sort(first)][: images.MAX_EXAMPLES]
+        titles = [f"#{int(arrays['example'][i])} · {arrays['attack'][i]}" for i in index]
+        grids.append({
+            "defense": defense, "epsilon": f"{epsilon:g}",
+            "src": images.image_grid(arrays["x"][index], arrays["x_adv"][index], titles),
+            "count": len(index),
+        })
+    return grids
+
+
+def _check_sentences() -> dict[str, str]:
+    try:
+        from robench.diagnostics import CHECKS
+    except Exception as exc:  # the module is optional here: the report falls back to each row's detail
+        log.debug("diagnostics explanations unavailable: %s", exc)
+        return {}
+    return dict(CHECKS)
+
+
+def _diagnostics(run: RunFiles) -> dict[str, Any] | None:
+    frame = run.diagnostics
+    if frame is None:
+        return None
+    sentences = _check_sentences()
+    rows = []
+    for record in frame.to_dict("records"):
+        fired = str(record.get("fired")).lower() in ("true", "1")
+        detail = record.get("detail")
+        detail = "" if detail is None or (isinstance(detail, float) and np.isnan(detail)) else str(detail)
+        rows.append({"defense": str(record["defense"]), "epsilon": f"{float(record['epsilon']):g}",
+                     "check": str(record["check"]), "fired": fired, "detail": detail})
+    rows.sort(key=lambda r: not r["fired"])  # stable: fired first, run order otherwise
+    checks = list(dict.fromkeys(r["check"] for r in rows))
+    explained = [{"check": c, "sentence": sentences.get(c, ""), "fired": any(r["fired"] for r in rows if r["check"] == c)}
+                 for c in checks]
+    return {"rows": rows, "fired": sum(r["fired"] for r in rows), "checks": explained}
+
+
+def _value(value: Any) -> str:
+    """Metadata for people: floats to 4 significant digits, parameter tables as ``k=v``."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_value(v) for v in value)
+    return str(value)
+
+
+def _when(started: Any) -> str:
+    try:
+        return dt.datetime.fromtimestamp(float(started), tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return ""
+
+
+def _metadata(run: RunFiles) -> dict[str, Any]:
+    info = run.run
+    dataset = info.get("dataset") or {}
+    model = info.get("model") or {}
+    timings = info.get("timings") or {}
+    config = info.get("config") or {}
+    results = run.results
+    units = []
+    per_unit = results[results["attack"] != WORST_CASE]
+    for record in per_unit.to_dict("records"):
+        units.append({"defense": str(record["defense"]), "epsilon": f"{float(record['epsilon']):g}", "attack": str(record["attack"]),
+                      "seconds": f"{float(record.get('seconds', np.nan)):.1f}" if "seconds" in record else "-",
+                      "queries": f"{float(record['queries_mean']):,.0f}" if "queries_mean" in record and np.isfinite(record["queries_mean"]) else "-"})
+    summary = [
+        ("dataset", f"{dataset.get('name', results['dataset'].iloc[0] if 'dataset' in results else '?')}"
+                    + (f" (fingerprint {dataset['fingerprint']})" if dataset.get("fingerprint") else "")),
+        ("examples", str(dataset.get("n_examples", int(results["n_examples"].max())))),
+        ("model", str(model.get("name", results["model"].iloc[0] if "model" in results else "?"))),
+        ("threat model", f"{config.get('norm', results['norm'].iloc[0] if 'norm' in results else '?')}, "
+                         f"epsilon {', '.join(f'{e:g}' for e in sorted(results['epsilon'].unique()))}"),
+        ("suite", str((info.get("suite") or {}).get("name", "?"))),
+        ("seed", str(info.get("seed", "?"))),
+        ("device", str(info.get("device", "?"))),
+        ("executor", str(info.get("executor", "local"))),
+        ("started", _when(timings.get("started"))),
+        ("duration", f"{float(timings['seconds']):.1f} s" if timings.get("seconds") is not None else "?"),
+        ("rejected proposals", str(info.get("rejected_proposals", "?"))),
+    ]
+    model_meta = model.get("meta") or {}
+    return {
+        "summary": [(k, v) for k, v in summary if v],
+        "versions": sorted((str(k), str(v)) for k, v in (info.get("versions") or {}).items()),
+        "model_meta": sorted((str(k), _value(v)) for k, v in model_meta.items()) if isinstance(model_meta, dict) else [],
+        "defenses": [{**d, "params": _value(d.get("params") or {})} for d in info.get("defenses") or [] if isinstance(d, dict)],
+        "config": sorted((str(k), _value(v)) for k, v in config.items()),
+        "units": units,
+    }
+
+
+def report_context(run: RunFiles) -> dict[str, Any]:
+    """Everything the template shows, already formatted (numbers stay numbers until here)."""
+    attacks = _suite_attacks(run)
+    defenses = list(dict.fromkeys(run.results["defense"].astype(str)))
+    palette = figures.colors(defenses)
+    meta = _metadata(run)
+    failed = [{"defense": str(u.get("defense", "?")), "epsilon": u.get("epsilon", "?"), "attack": str(u.get("attack", "?")),
+               "error": str(u.get("error", ""))} for u in run.failed_units]
+    return {
+        "title": f"robench report: {', '.join(defenses)}",
+        "run_name": run.path.resolve().name,
+        "attacks": [a for a in attacks if a["in_results"]],
+        "suite_attacks": attacks,
+        "headline": _headline(run, [a for a in attacks if a["in_results"]]),
+        "figures": _figures(run, attacks, palette),
+        "grids": _image_grids(run),
+        "diagnostics": _diagnostics(run),
+        "failed_units": failed,
+        "meta": meta,
+        "palette": palette,
+        "has_adversarial": run.adversarial is not None,
+    }

@@ -1,0 +1,52 @@
+"""Executors (robench/executors.py): the executor changes how fast a run goes, never its numbers."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from robench.cli import main
+from robench.errors import RobenchError
+from robench.executors import LocalExecutor, make_executor
+
+SUITE = """
+name = "executors"
+[[attack]]
+attack = "pgd"
+[attack.params]
+steps = 10
+rel_stepsize = 0.25
+[[attack]]
+attack = "spsa"
+[attack.params]
+steps = 10
+samples = 32
+"""
+
+
+def test_make_executor_names_the_valid_choices():
+    assert isinstance(make_executor("local"), LocalExecutor)
+    with pytest.raises(RobenchError, match="valid choices: local, ray"):
+        make_executor("dask")
+
+
+@pytest.mark.slow
+def test_ray_and_local_give_identical_csvs(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'robench[ray]')")
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    outputs = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / executor
+        result = CliRunner().invoke(main, [
+            "evaluate", "--defense", "none", "--defense", "bit-depth-3", "--suite", str(suite), "--n-examples", "24",
+            "--shard-size", "8", "--epsilon", "0.1", "--no-diagnostics", "--quiet", "--executor", executor,
+            "--out", str(out),
+        ])
+        assert result.exit_code == 0, result.output
+        outputs[executor] = out
+    for name in ("examples.csv", "diagnostics.csv"):
+        assert (outputs["local"] / name).read_text() == (outputs["ray"] / name).read_text(), name
+    drop = ["seconds"]
+    pd.testing.assert_frame_equal(pd.read_csv(outputs["local"] / "results.csv").drop(columns=drop),
+                                  pd.read_csv(outputs["ray"] / "results.csv").drop(columns=drop))

@@ -1,0 +1,126 @@
+"""Resumable runs (robench/store.py, runner.evaluate_config): kill a run, resume it, get the same numbers."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from robench.cli import main
+
+SUITE = """
+name = "resumable"
+[[attack]]
+attack = "pgd"
+[attack.params]
+steps = 10
+rel_stepsize = 0.25
+[[attack]]
+attack = "spsa"
+[attack.params]
+steps = 15
+samples = 32
+"""
+
+
+def _args(suite: Path, *extra: str) -> list[str]:
+    return ["evaluate", "--defense", "none", "--defense", "bit-depth-3", "--suite", str(suite), "--n-examples", "40",
+            "--shard-size", "10", "--epsilon", "0.1", "--no-diagnostics", "--quiet", *extra]
+
+
+def _numbers(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Everything but wall-clock timings."""
+    results = pd.read_csv(run / "results.csv").drop(columns=["seconds"])
+    examples = pd.read_csv(run / "examples.csv")
+    return results, examples
+
+
+@pytest.fixture
+def suite(tmp_path):
+    path = tmp_path / "suite.toml"
+    path.write_text(SUITE)
+    return path
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "robench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_for_units(run: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list((run / "units").glob("*.csv"))) >= count:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"run ended before it could be interrupted: {process.communicate()}")
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail("no units finished in time")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_numbers(tmp_path, suite):
+    whole = tmp_path / "whole"
+    result = CliRunner().invoke(main, _args(suite, "--out", str(whole)))
+    assert result.exit_code == 0, result.output
+
+    run = tmp_path / "killed"
+    process = _start(_args(suite, "--out", str(run)))
+    _wait_for_units(run, 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(list((run / "units").glob("*.csv")))
+    assert 3 <= done < 8, "the kill must land part-way"
+    assert not (run / "results.csv").exists()
+
+    resumed = CliRunner().invoke(main, _args(suite, "--resume", str(run)))
+    assert resumed.exit_code == 0, resumed.output
+    for got, want in zip(_numbers(run), _numbers(whole)):
+        pd.testing.assert_frame_equal(got, want)
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_units_and_says_how_to_resume(tmp_path, suite):
+    run = tmp_path / "interrupted"
+    process = _start(_args(suite, "--out", str(run)))
+    _wait_for_units(run, 1, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert f"--resume {run}" in stderr and "Traceback" not in stderr
+    assert list((run / "units").glob("*.csv"))
+
+
+def test_resume_refuses_another_configuration_and_names_the_difference(tmp_path, suite):
+    run = tmp_path / "run"
+    first = CliRunner().invoke(main, ["evaluate", "--defense", "none", "--suite", str(suite), "--n-examples", "5",
+                                      "--no-diagnostics", "--quiet", "--out", str(run)])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, ["evaluate", "--defense", "none", "--suite", str(suite), "--n-examples", "6",
+                                      "--no-diagnostics", "--quiet", "--resume", str(run)])
+    assert again.exit_code == 2
+    assert "configuration differs" in again.output and "n_examples: run has 5, now 6" in again.output
+
+
+def test_resume_of_a_directory_without_a_run_is_refused(tmp_path, suite):
+    result = CliRunner().invoke(main, ["evaluate", "--defense", "none", "--suite", str(suite), "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "holds no robench run" in result.output
+
+
+def test_results_do_not_depend_on_the_shard_size(tmp_path, suite):
+    tables = []
+    for shard in ("7", "40"):
+        out = tmp_path / shard
+        result = CliRunner().invoke(main, ["evaluate", "--defense", "none", "--suite", str(suite), "--n-examples", "20",
+                                           "--shard-size", shard, "--no-diagnostics", "--quiet", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        tables.append(_numbers(out))
+    for got, want in zip(*tables):
+        pd.testing.assert_frame_equal(got, want)
