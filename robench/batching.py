@@ -47,7 +47,10 @@ def fastest_batch_size(
     """
     row = example[:1] if example.dim() > 1 and example.shape[0] >= 1 else example.unsqueeze(0)
     key = (tuple(row.shape[1:]), row.dtype, str(row.device), limit, tuple(candidates))
-    known = _cache.setdefault(target, {})
+    try:
+        known = _cache.setdefault(target, {})
+    except TypeError:  # a target that cannot be weakly referenced is probed every time
+        known = {}
     if key in known:
         return known[key]
     best_size, best_cost = candidates[0], float("inf")
