@@ -37,7 +37,8 @@ import _shims  # noqa: E402
 
 from robench import rng  # noqa: E402
 from robench.attacks.apgd import APGDCE  # noqa: E402
-from robench.attacks.gradient import FOOLBOX_BY_NORM, FoolboxAttack  # noqa: E402
+from robench.attacks.gradient import FOOLBOX_PGD, FoolboxAttack  # noqa: E402
+from robench.attacks.pgd import PGD  # noqa: E402
 from robench.attacks.spsa import SPSA  # noqa: E402
 from robench.attacks.square import Square  # noqa: E402
 from robench.threat import ThreatModel  # noqa: E402
@@ -163,7 +164,8 @@ def implementations(w: Workload, max_batch: int | None) -> dict[str, dict[str, C
         },
         "square": {"robench": robench(Square(queries=w.square_queries, max_batch=max_batch))},
         "pgd": {
-            "robench (foolbox adapter)": robench(FoolboxAttack("pgd", FOOLBOX_BY_NORM["pgd"], steps=w.pgd_steps, abs_stepsize=pgd_step)),
+            "robench": robench(PGD(steps=w.pgd_steps, abs_stepsize=pgd_step, max_batch=max_batch)),
+            "robench (foolbox adapter)": robench(FoolboxAttack("foolbox.LinfPGD", FOOLBOX_PGD, steps=w.pgd_steps, abs_stepsize=pgd_step)),
             "plain torch loop": lambda m, x, y: plain_pgd(m, x, y, eps, w.pgd_steps, pgd_step),
         },
         "apgd-ce": {"robench": robench(APGDCE(steps=w.pgd_steps, max_batch=max_batch))},

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from robench.zoo import bounds
 

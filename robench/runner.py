@@ -109,6 +109,11 @@ def _call_with_params(fn: Any, what: str, *args: Any, **params: Any) -> Any:
 def load_model(spec: str, data: Dataset) -> nn.Module:
     """A registered zoo model, or ``package.module:callable`` returning a trained ``nn.Module``."""
     factory = model_registry.get(spec)
+    if ":" not in spec:
+        role = model_registry.entry(spec).extra.get("role", "classifier")
+        if role != "classifier":
+            hint = "use it through --defense pixeldefend" if role == "density" else f"attack {spec}-probe, a linear probe on it"
+            raise RobenchError(f"model {spec!r} is {'an' if role[0] in 'aeiou' else 'a'} {role}, not a classifier; {hint}")
     if ":" in spec and not _accepts(factory, "data"):
         model = factory()
     else:

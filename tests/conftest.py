@@ -17,6 +17,39 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["ROBENCH_CACHE"] = str(tmp_path_factory.mktemp("robench-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests use tiny tensors: one thread avoids thread hand-offs dominating, above all on a
+    shared 2-core machine (measured 30x slower with 2 busy OpenMP threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_suite(directory, text: str, name: str = "suite.toml") -> str:
+    """Write an attack-suite card for a test and return its path."""
+    path = directory / name
+    path.write_text(text)
+    return str(path)
+
+
+#: a suite small enough for end-to-end tests: PGD (white-box) and SPSA (gradient-free)
+TINY_SUITE = """
+name = "tiny"
+[[attack]]
+attack = "pgd"
+[attack.params]
+steps = 10
+rel_stepsize = 0.25
+[[attack]]
+attack = "spsa"
+[attack.params]
+steps = 15
+samples = 32
+"""
+
+
 class LinearBinary(nn.Module):
     """logits = [0, w·x + b]: the L-inf distance to the boundary is |w·x + b| / ||w||_1."""
 

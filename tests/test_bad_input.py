@@ -100,6 +100,7 @@ CASES = [
     ("model-missing-module", lambda t: ["--model", "no_such_module_x:f"], "cannot import module"),
     ("model-nan-logits", lambda t: ["--model", "robench_user_code:nan_model"], "NaN"),
     ("model-wrong-shape", lambda t: ["--model", "robench_user_code:wrong_shape"], "shape"),
+    ("model-is-an-encoder", lambda t: ["--model", "cpc"], "is an encoder, not a classifier"),
     ("model-not-a-module", lambda t: ["--model", "robench_user_code:not_a_module"], "not a torch.nn.Module"),
     ("n-examples-zero", lambda t: ["--n-examples", "0"], "n-examples must be"),
     ("shard-size-zero", lambda t: ["--shard-size", "0"], "shard-size must be"),

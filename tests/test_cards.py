@@ -8,7 +8,8 @@ from robench.errors import RobenchError
 def test_repository_cards_parse():
     assert load_defense_card("bit-depth-3").params == {"bits": 3}
     suite = load_suite_card("quick")
-    assert [s.label for s in suite.attacks] == ["pgd", "spsa"]
+    assert [s.label for s in suite.attacks] == ["pgd-plain", "pgd", "spsa"]
+    assert [s.adaptive for s in suite.attacks] == [False, True, True]
 
 
 @pytest.mark.parametrize(

@@ -5,28 +5,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from conftest import TINY_SUITE, write_suite
 from robench.cli import main
-
-TINY_SUITE = """
-name = "tiny"
-[[attack]]
-attack = "pgd"
-[attack.params]
-steps = 10
-rel_stepsize = 0.25
-[[attack]]
-attack = "spsa"
-[attack.params]
-steps = 20
-samples = 64
-"""
-
 
 @pytest.fixture
 def tiny_suite(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY_SUITE)
-    return str(path)
+    return write_suite(tmp_path, TINY_SUITE)
 
 
 def test_evaluate_end_to_end_writes_the_output_contract(tmp_path, tiny_suite):

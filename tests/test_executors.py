@@ -5,24 +5,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from conftest import TINY_SUITE, write_suite
 from robench.cli import main
 from robench.errors import RobenchError
 from robench.executors import LocalExecutor, make_executor
-
-SUITE = """
-name = "executors"
-[[attack]]
-attack = "pgd"
-[attack.params]
-steps = 10
-rel_stepsize = 0.25
-[[attack]]
-attack = "spsa"
-[attack.params]
-steps = 10
-samples = 32
-"""
-
 
 def test_make_executor_names_the_valid_choices():
     assert isinstance(make_executor("local"), LocalExecutor)
@@ -33,8 +19,7 @@ def test_make_executor_names_the_valid_choices():
 @pytest.mark.slow
 def test_ray_and_local_give_identical_csvs(tmp_path):
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'robench[ray]')")
-    suite = tmp_path / "suite.toml"
-    suite.write_text(SUITE)
+    suite = write_suite(tmp_path, TINY_SUITE)
     outputs = {}
     for executor in ("local", "ray"):
         out = tmp_path / executor

@@ -12,22 +12,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from conftest import TINY_SUITE, write_suite
 from robench.cli import main
-
-SUITE = """
-name = "resumable"
-[[attack]]
-attack = "pgd"
-[attack.params]
-steps = 10
-rel_stepsize = 0.25
-[[attack]]
-attack = "spsa"
-[attack.params]
-steps = 15
-samples = 32
-"""
-
 
 def _args(suite: Path, *extra: str) -> list[str]:
     return ["evaluate", "--defense", "none", "--defense", "bit-depth-3", "--suite", str(suite), "--n-examples", "40",
@@ -43,9 +29,7 @@ def _numbers(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @pytest.fixture
 def suite(tmp_path):
-    path = tmp_path / "suite.toml"
-    path.write_text(SUITE)
-    return path
+    return Path(write_suite(tmp_path, TINY_SUITE))
 
 
 def _start(args: list[str]) -> subprocess.Popen:

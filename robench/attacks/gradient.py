@@ -1,10 +1,12 @@
 """Gradient attacks through foolbox: one adapter, so any foolbox attack can be named in a suite.
 
-Registered short names pick the foolbox class that matches the threat model's norm (``pgd`` is
-``LinfPGD`` under L-inf and ``L2PGD`` under L2); ``foolbox.ClassName`` names any other foolbox
-attack directly. Parameters of a card go to the foolbox class, except ``restarts`` (robench runs
-the attack again from a new random start on the examples still robust, keeping the first
-proposal that breaks each one).
+Registered short names pick the foolbox class that matches the threat model's norm (``bim`` is
+``LinfBasicIterativeAttack`` under L-inf and ``L2BasicIterativeAttack`` under L2);
+``foolbox.ClassName`` names any other foolbox attack directly. ``pgd`` is robench's own
+(``robench/attacks/pgd.py``: same parameters, faster); foolbox's PGD stays reachable as
+``foolbox.LinfPGD`` / ``foolbox.L2PGD``. Parameters of a card go to the foolbox class, except
+``restarts`` (robench runs the attack again from a new random start on the examples still robust,
+keeping the first proposal that breaks each one).
 
 Randomness: PGD-style random starts are drawn from the per-example counter streams of
 ``robench.rng``, so they do not depend on the batch; other foolbox attacks draw from torch's
@@ -30,7 +32,6 @@ from robench.threat import ThreatModel
 #: short name -> foolbox class per norm
 FOOLBOX_BY_NORM: dict[str, dict[str, str]] = {
     "fgsm": {"linf": "LinfFastGradientAttack", "l2": "L2FastGradientAttack"},
-    "pgd": {"linf": "LinfProjectedGradientDescentAttack", "l2": "L2ProjectedGradientDescentAttack"},
     "bim": {"linf": "LinfBasicIterativeAttack", "l2": "L2BasicIterativeAttack"},
     "mifgsm": {"linf": "LinfMomentumIterativeFastGradientMethod", "l2": "L2MomentumIterativeFastGradientMethod"},
     "deepfool": {"linf": "LinfDeepFoolAttack", "l2": "L2DeepFoolAttack"},
@@ -38,6 +39,10 @@ FOOLBOX_BY_NORM: dict[str, dict[str, str]] = {
     "cw": {"l2": "L2CarliniWagnerAttack"},
     "ddn": {"l2": "DDNAttack"},
 }
+
+
+#: foolbox's PGD per norm (not registered: ``pgd`` is native; used to compare against foolbox)
+FOOLBOX_PGD: dict[str, str] = {"linf": "LinfProjectedGradientDescentAttack", "l2": "L2ProjectedGradientDescentAttack"}
 
 
 def _norm_of(distance: Any) -> str | None:

@@ -63,9 +63,8 @@ def fit_probe(probe: LinearProbe, data: Dataset, *, epochs: int, seed: int, weig
     train_features = features(probe.encoder, data.x_train)
     probe.mean.copy_(train_features.mean(0))
     probe.std.copy_(train_features.std(0).clamp_min(1e-6))
-    head = nn.Sequential()  # features are precomputed: train only the linear layer on them
-    head.append(probe.linear)
-    train_classifier(head, (train_features - probe.mean) / probe.std, data.y_train, epochs=epochs, seed=seed,
+    # the features are precomputed once: only the linear layer trains
+    train_classifier(probe.linear, (train_features - probe.mean) / probe.std, data.y_train, epochs=epochs, seed=seed,
                      lr=1e-2, weight_decay=weight_decay, batch_size=128)
     acc = accuracy(probe, data.x_test, data.y_test)
     return {"clean_test_accuracy": acc, "train_accuracy": accuracy(probe, data.x_train, data.y_train)}

@@ -6,20 +6,11 @@ from torch import nn
 
 from robench import rng
 from robench.attacks.apgd import APGDCE, APGDDLR, checkpoints, dlr_loss
-from robench.attacks.gradient import FOOLBOX_BY_NORM, FoolboxAttack
+from robench.attacks.gradient import FOOLBOX_PGD, FoolboxAttack
 from robench.errors import RobenchError
 from robench.target import QueryCounter
 from robench.threat import ThreatModel
 from robench.verify import verify
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread hand-offs dominating on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def test_apgd_is_at_least_as_strong_as_foolbox_pgd_with_the_same_budget(digits_m
     model, x, y = digits_mlp
     threat = ThreatModel(norm, eps)
     seeds = rng.example_seeds(0, "apgd-vs-pgd", torch.arange(len(x)))
-    pgd = FoolboxAttack("pgd", FOOLBOX_BY_NORM["pgd"], steps=20).run(model, x, y, threat, seeds=seeds)
+    pgd = FoolboxAttack("foolbox-pgd", FOOLBOX_PGD, steps=20).run(model, x, y, threat, seeds=seeds)
     apgd = attack_class(steps=20, max_batch=256).run(model, x, y, threat, seeds=seeds)
     broken_pgd = verify(model, x, pgd.x_adv, y, threat).broken
     broken_apgd = verify(model, x, apgd.x_adv, y, threat).broken

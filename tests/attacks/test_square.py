@@ -11,15 +11,6 @@ from robench.threat import ThreatModel
 from robench.verify import verify
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread hand-offs dominating on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _at_distance(model, norm: str, distance: float, n: int = 12):
     """Inputs whose distance to the linear model's boundary is exactly ``distance`` in ``norm``."""
     generator = torch.Generator().manual_seed(3)
