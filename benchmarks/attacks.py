@@ -8,7 +8,8 @@ content). For each target: the model's own forward (and forward+backward) cost p
 sweep of batch sizes (the limit), then every attack and implementation at the same budget: wall
 time (median of ``--repeats`` runs after a warm-up), rows the model was asked for (counted by a
 wrapper, the same way for every implementation), cost per row, and robust accuracy (robench's
-``verify`` on each proposal). Figures are ratios within this run, never absolute thresholds.
+``verify`` on each proposal). For PGD, also the step alone with no early exit, robench against the
+plain loop in interleaved runs. Figures are ratios within this run, never absolute thresholds.
 
 Peers (advertorch, foolbox, torchattacks, ART) are imported if present; one that cannot be imported
 or fails is reported as "unavailable (reason)". Run it from the benchmark's own environment
@@ -298,6 +299,31 @@ def spsa_peak_memory(threads: int, max_batch: int, samples_list: list[int]) -> d
     return {"max_batch": max_batch, "peak_rss_growth_mib_by_samples": out}
 
 
+def pgd_step_overhead(w: Workload, runs: int) -> dict:
+    """robench's PGD step against the plain loop's with no early exit: at epsilon 1e-4 no correctly
+    classified example breaks, so both run every step on every row (one chunk; interleaved runs, median)."""
+    eps = 1e-4
+    with torch.no_grad():
+        keep = w.model(w.x).argmax(1) == w.y
+    x, y = w.x[keep], w.y[keep]
+    step = 2.5 * eps / w.pgd_steps
+    seeds = rng.example_seeds(0, "benchmark-overhead", torch.arange(len(x)))
+    attack = PGD(steps=w.pgd_steps, abs_stepsize=step, max_batch=len(x))
+    fns = {"plain": lambda: plain_pgd(w.model, x, y, eps, w.pgd_steps, step),
+           "robench": lambda: attack.run(w.model, x, y, ThreatModel("linf", eps), seeds=seeds)}
+    walls: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            result = fn()
+            walls[name].append(time.perf_counter() - start)
+    plain_s, robench_s = statistics.median(walls["plain"]), statistics.median(walls["robench"])
+    return {"examples": len(x), "runs": runs, "robench_rows_per_example": sorted(set(result.queries.tolist())),
+            "plain_s": plain_s, "robench_s": robench_s, "ratio": robench_s / plain_s}
+
+
 # ------------------------------------------------------------------------------------ reporting
 REFERENCE = {"spsa": "advertorch LinfSPSAAttack", "square": "torchattacks Square", "pgd": "plain torch loop", "apgd-ce": "torchattacks APGD"}
 
@@ -325,6 +351,10 @@ def render(results: dict) -> str:
                     f"| {attack} | {name} | {w['budgets'][attack]} | {r['wall_s']:.3f} | {r['rows']} | {r['us_per_row']:.2f} | "
                     f"{r['us_per_row'] / limit:.2f} | {vs} | {r['robust_accuracy']:.3f} |"
                 )
+        if "pgd_step_overhead" in w:
+            o = w["pgd_step_overhead"]
+            lines.append(f"\nPGD step without early exit (epsilon 1e-4, {o['examples']} examples, rows per example {o['robench_rows_per_example']}, "
+                         f"median of {o['runs']} interleaved runs): robench {o['robench_s']:.3f} s, plain loop {o['plain_s']:.3f} s, {o['ratio']:.2f}x")
         if "spsa_memory" in w:
             lines.append(f"\nSPSA peak RSS growth (MiB) by samples at max_batch {w['spsa_memory']['max_batch']}: {w['spsa_memory']['peak_rss_growth_mib_by_samples']}")
     return "\n".join(lines)
@@ -374,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
                     entry["attacks"][attack][name] = measure(w, fn, repeats, args.budget_s)
                 except Exception as exc:  # noqa: BLE001 - a failing peer is reported, not fatal
                     entry["attacks"][attack][name] = f"unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:90] if str(exc) else ''})"
+        if not only or "pgd" in only:
+            log.info("%s: pgd step overhead", w.name)
+            entry["pgd_step_overhead"] = pgd_step_overhead(w, 1 if args.quick else 9)
         if w.x.shape[1] == 1 and not args.quick and (not only or "spsa" in only):
             entry["spsa_memory"] = spsa_peak_memory(args.threads, args.max_batch or 1024, [128, 1024, 4096])
         results["workloads"].append(entry)

@@ -81,6 +81,8 @@ class PGD(Attack):
 
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         steps, step_size = self.schedule(threat)
+        if len(x) == 0:
+            return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
         max_batch = self.max_batch or fastest_batch_size(target, x)
         per_row = int(getattr(target, "queries_per_row", 1))
         x0 = x.detach()
@@ -148,17 +150,17 @@ class PGD(Attack):
         are misclassified; their iterate is written back when they leave.
         """
         proposal = start.clone()
-        used = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        used = torch.full((len(x),), steps, dtype=torch.long, device=x.device)
         current, x_a, y_a, index = start, x, y, torch.arange(len(x), device=x.device)
-        for _ in range(steps):
+        for k in range(steps):
             grad, correct = self._gradient(target, current, y_a, max_batch)
-            used[index] += 1
             keep = torch.nonzero(correct).squeeze(1)  # the one host sync per step
             if len(keep) < len(index):
-                proposal[index] = current  # the misclassified keep this iterate; the rest are overwritten later
+                # the misclassified leave with this iterate after k + 1 passes; the rest are overwritten later
+                proposal[index], used[index] = current, k + 1
                 if len(keep) == 0:
                     return proposal, used
                 current, x_a, y_a, index, grad = current[keep], x_a[keep], y_a[keep], index[keep], grad[keep]
             current = threat.project(current + step_size * self._direction(grad, threat.norm), x_a)
-        proposal[index] = current
+        proposal[index], used[index] = current, steps
         return proposal, used
