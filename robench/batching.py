@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 #: a forward this slow is large enough: bigger batches would not amortize anything more
 SLOW_FORWARD_S = 0.1
+#: a larger size wins only if it is this much cheaper per row (timings are noisy; smaller is safer)
+TIE = 1.05
 CANDIDATES = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 #: per target (weakly held, so a freed target's id is never mistaken for a new one's): key -> size
 _cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
@@ -38,7 +40,7 @@ def fastest_batch_size(
     *,
     candidates: tuple[int, ...] = CANDIDATES,
     limit: int | None = None,
-    repeats: int = 2,
+    repeats: int = 3,
 ) -> int:
     """The candidate batch size with the lowest time per row for ``target`` on inputs like ``example``.
 
@@ -61,15 +63,16 @@ def fastest_batch_size(
         try:
             target(batch)  # warm-up (allocations, kernel selection)
             _synchronize(row.device)
-            start = time.perf_counter()
-            for _ in range(repeats):
+            per_forward = float("inf")
+            for _ in range(repeats):  # the fastest repeat: the least disturbed by other processes
+                start = time.perf_counter()
                 target(batch)
-            _synchronize(row.device)
+                _synchronize(row.device)
+                per_forward = min(per_forward, time.perf_counter() - start)
         except torch.cuda.OutOfMemoryError:
             break
-        per_forward = (time.perf_counter() - start) / repeats
         cost = per_forward / size
-        if cost < best_cost:
+        if cost < best_cost / TIE:  # a larger batch must be clearly faster to win: it costs memory
             best_size, best_cost = size, cost
         elif cost > 1.3 * best_cost:
             break  # past the sweet spot
