@@ -17,10 +17,14 @@ import weakref
 import torch
 from torch import Tensor, nn
 
+from robench.target import is_randomized
+
 log = logging.getLogger(__name__)
 
 #: a forward this slow is large enough: bigger batches would not amortize anything more
 SLOW_FORWARD_S = 0.1
+#: the fixed chunk size for randomized targets (see fastest_batch_size)
+RANDOMIZED_BATCH = 1024
 #: a larger size wins only if it is this much cheaper per row (timings are noisy; smaller is safer)
 TIE = 1.05
 CANDIDATES = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -47,6 +51,10 @@ def fastest_batch_size(
     ``example`` is one input (C, H, W) or a batch whose first row is used. Sizes above ``limit``
     are not tried. The answer is cached per target, input shape, dtype and device.
     """
+    if is_randomized(target):
+        # a randomized defense's draws depend on the batch an example runs in: a size chosen by
+        # timing would make its numbers vary from run to run, so it gets a fixed one
+        return min(RANDOMIZED_BATCH, limit) if limit is not None else RANDOMIZED_BATCH
     row = example[:1] if example.dim() > 1 and example.shape[0] >= 1 else example.unsqueeze(0)
     key = (tuple(row.shape[1:]), row.dtype, str(row.device), limit, tuple(candidates))
     try:

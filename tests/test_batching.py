@@ -73,3 +73,17 @@ def test_a_slow_model_stops_probing_once_one_forward_is_slow(monkeypatch):
         return size * (1.0 + 0.5 * abs(torch.log2(torch.tensor(size / model.best)).item())) * 1e-5
 
     assert seconds(tried[-1]) > batching.SLOW_FORWARD_S >= seconds(tried[-2])  # stopped at the first slow size
+
+
+def test_randomized_targets_get_a_fixed_size_not_a_timed_one():
+    """A randomized defense's draws depend on its batch: timing must not choose it (reproducibility)."""
+    from robench.batching import RANDOMIZED_BATCH, fastest_batch_size
+
+    class Noisy(torch.nn.Module):
+        randomized = True
+
+        def forward(self, x):
+            raise AssertionError("a randomized target must not be probed")
+
+    assert fastest_batch_size(Noisy(), torch.zeros(1, 1, 4, 4)) == RANDOMIZED_BATCH
+    assert fastest_batch_size(Noisy(), torch.zeros(1, 1, 4, 4), limit=64) == 64
