@@ -86,3 +86,11 @@ class ThreatModel:
 
     def describe(self) -> str:
         return f"{self.norm} eps={self.epsilon:g} bounds={self.bounds}"
+
+
+def steepest_direction(grad: Tensor, norm: str) -> Tensor:
+    """The unit-norm ascent direction of a gradient step under ``norm``: sign(g) for L-inf
+    (the dual of L1), g / ||g||_2 for L2 (Madry et al. 2018, Sec. 2.1)."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))

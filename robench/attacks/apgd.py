@@ -31,7 +31,7 @@ from robench.attacks.base import Attack, AttackResult
 from robench.batching import fastest_batch_size
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.threat import ThreatModel
+from robench.threat import ThreatModel, steepest_direction
 
 MOMENTUM = 0.75
 
@@ -137,12 +137,6 @@ class APGD(Attack):
             t = t / t.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
         return threat.project(x + threat.epsilon * t, x)
 
-    @staticmethod
-    def _direction(grad: Tensor, norm: str) -> Tensor:
-        if norm == "linf":
-            return grad.sign()
-        return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
-
     def _single_run(
         self, target: nn.Module, x: Tensor, y: Tensor, seeds: Tensor, restart: int, threat: ThreatModel, max_batch: int
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -168,7 +162,7 @@ class APGD(Attack):
                 break
             x_a, cur_a = x[active], current[active]
             alpha = MOMENTUM if k > 0 else 1.0
-            z = threat.project(cur_a + step_size[active].view(view) * self._direction(grad[active], threat.norm), x_a)
+            z = threat.project(cur_a + step_size[active].view(view) * steepest_direction(grad[active], threat.norm), x_a)
             nxt = threat.project(cur_a + alpha * (z - cur_a) + (1 - alpha) * (cur_a - previous[active]), x_a)
             previous[active] = cur_a
             current[active] = nxt

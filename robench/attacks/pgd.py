@@ -31,7 +31,7 @@ from robench.batching import fastest_batch_size
 from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.target import logits_in_chunks
-from robench.threat import ThreatModel
+from robench.threat import ThreatModel, steepest_direction
 
 #: foolbox 3's defaults per norm: (steps, step size relative to epsilon)
 DEFAULTS: dict[str, tuple[int, float]] = {"linf": (40, 0.01 / 0.3), "l2": (50, 0.025)}
@@ -135,12 +135,6 @@ class PGD(Attack):
             return grads[0], correct[0]
         return torch.cat(grads), torch.cat(correct)
 
-    @staticmethod
-    def _direction(grad: Tensor, norm: str) -> Tensor:
-        if norm == "linf":
-            return grad.sign()
-        return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
-
     def _single_run(
         self, target: nn.Module, x: Tensor, y: Tensor, start: Tensor, threat: ThreatModel, steps: int, step_size: float, max_batch: int
     ) -> tuple[Tensor, Tensor]:
@@ -161,6 +155,6 @@ class PGD(Attack):
                 if len(keep) == 0:
                     return proposal, used
                 current, x_a, y_a, index, grad = current[keep], x_a[keep], y_a[keep], index[keep], grad[keep]
-            current = threat.project(current + step_size * self._direction(grad, threat.norm), x_a)
+            current = threat.project(current + step_size * steepest_direction(grad, threat.norm), x_a)
         proposal[index], used[index] = current, steps
         return proposal, used

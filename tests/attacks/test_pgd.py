@@ -1,7 +1,6 @@
 """Native PGD (robench/attacks/pgd.py): ball, analytic boundary, strength vs foolbox, determinism, budget."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robench import rng
@@ -54,31 +53,6 @@ def test_breaks_a_linear_model_exactly_where_the_analytic_answer_says(linear_bin
         threat = ThreatModel("linf", 0.1 * factor)
         result = PGD(steps=20, rel_stepsize=0.25, max_batch=64).run(linear_binary, x, y, threat, seeds=seeds)
         assert (verify(linear_binary, x, result.x_adv, y, threat).broken == expected).all(), factor
-
-
-@pytest.fixture(scope="module")
-def digits_mlp():
-    """A small MLP trained for a second on scikit-learn's digits (full-batch Adam, seeded)."""
-    from robench.data import load_digits
-
-    data = load_digits()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    generator = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        optimizer.zero_grad()
-        F.cross_entropy(model(data.x_train), data.y_train).backward()
-        optimizer.step()
-    model.eval()
-    torch.set_num_threads(threads)
-    x, y = data.x_test[:120], data.y_test[:120]
-    keep = model(x).argmax(1) == y
-    return model, x[keep], y[keep]
 
 
 def test_at_least_as_strong_as_foolbox_linf_pgd_with_the_same_budget(digits_mlp):
