@@ -104,6 +104,13 @@ def _call_with_params(fn: Any, what: str, *args: Any, **params: Any) -> Any:
         raise
     except TypeError as exc:
         raise RobenchError(f"{what}: bad parameters ({exc})") from None
+    except Exception as exc:  # user code that fails while building: a bad input, said in one line
+        raise RobenchError(f"{what} raised {_one_line(exc)}; fix it or check its parameters") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
 def load_model(spec: str, data: Dataset) -> nn.Module:
@@ -114,10 +121,12 @@ def load_model(spec: str, data: Dataset) -> nn.Module:
         if role != "classifier":
             hint = "use it through --defense pixeldefend" if role == "density" else f"attack {spec}-probe, a linear probe on it"
             raise RobenchError(f"model {spec!r} is {'an' if role[0] in 'aeiou' else 'a'} {role}, not a classifier; {hint}")
-    if ":" in spec and not _accepts(factory, "data"):
-        model = factory()
-    else:
-        model = factory(data)
+    try:
+        model = factory() if ":" in spec and not _accepts(factory, "data") else factory(data)
+    except RobenchError:
+        raise
+    except Exception as exc:
+        raise RobenchError(f"model {spec!r} raised {_one_line(exc)} while loading; fix the callable or its data") from None
     if not isinstance(model, nn.Module):
         raise RobenchError(f"model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
@@ -260,7 +269,15 @@ def validate_targets(ctx: Context) -> None:
     top_label = max(int(ctx.data.y_test.max()), int(ctx.data.y_train.max()) if len(ctx.data.y_train) else 0)
     for name in ctx.cards:
         target = ctx.target(name)
-        n_classes = _n_classes(target, ctx.x[:2].to(ctx.device))
+        try:
+            n_classes = _n_classes(target, ctx.x[:2].to(ctx.device))
+        except RobenchError:
+            raise
+        except Exception as exc:
+            raise RobenchError(
+                f"defense {name!r} on model {ctx.config.model!r} raised {_one_line(exc)} on two test inputs of shape "
+                f"{tuple(ctx.x.shape[1:])}; check that the model fits the data set"
+            ) from None
         if top_label >= n_classes:
             raise RobenchError(
                 f"labels go up to {top_label} but defense {name!r} on model {ctx.config.model!r} has {n_classes} "
@@ -401,8 +418,7 @@ def execute_unit(config: EvalConfig, unit: Unit) -> UnitResult:
         raise
     except Exception as exc:  # a defense or attack that raises mid-run: record, don't crash the run
         log.debug("unit %s failed", unit.id, exc_info=True)
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return UnitResult(unit, error=f"{type(exc).__name__}: {message}"[:500])
+        return UnitResult(unit, error=_one_line(exc))
 
 
 def assemble(ctx: Context, results: list[UnitResult], started: float, executor: str) -> Evaluation:

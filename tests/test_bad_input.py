@@ -53,6 +53,15 @@ USER_CODE = textwrap.dedent('''
     def wrong_shape():
         return WrongShape()
 
+    def raises_on_load():
+        raise ValueError("weights file not found")
+
+    def wrong_input_size():
+        return nn.Sequential(nn.Flatten(), nn.Linear(100, 10))  # digits have 64 features
+
+    def defense_raises_on_build(model, strength=1):
+        raise RuntimeError("cannot build")
+
     def ten_classes():
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
 
@@ -101,6 +110,10 @@ CASES = [
     ("model-nan-logits", lambda t: ["--model", "robench_user_code:nan_model"], "NaN"),
     ("model-wrong-shape", lambda t: ["--model", "robench_user_code:wrong_shape"], "shape"),
     ("model-is-an-encoder", lambda t: ["--model", "cpc"], "is an encoder, not a classifier"),
+    ("model-raises-on-load", lambda t: ["--model", "robench_user_code:raises_on_load"], "raised ValueError: weights file not found"),
+    ("model-wrong-input-size", lambda t: ["--model", "robench_user_code:wrong_input_size"], "check that the model fits the data set"),
+    ("defense-raises-on-build", lambda t: ["--defense", _card(t, 'name = "x"\nfactory = "robench_user_code:defense_raises_on_build"\n')],
+     "raised RuntimeError: cannot build"),
     ("model-not-a-module", lambda t: ["--model", "robench_user_code:not_a_module"], "not a torch.nn.Module"),
     ("n-examples-zero", lambda t: ["--n-examples", "0"], "n-examples must be"),
     ("shard-size-zero", lambda t: ["--shard-size", "0"], "shard-size must be"),
