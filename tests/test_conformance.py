@@ -1,0 +1,127 @@
+"""Every registered attack honours the contract, on toy targets (DESIGN.md: one conformance test).
+
+For each attack in the registry and each norm it supports: the proposals have the inputs' shape,
+lie in the threat model's ball and in the data bounds, query counts are one non-negative integer
+per example, the same seeds give the same proposals, and an example's proposal does not depend on
+the other examples of its batch. A new attack is covered the moment it is registered; give it a
+small budget in SMALL below if its defaults are slow.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robench import rng
+from robench.errors import RobenchError
+from robench.registry import attacks, load_builtins
+from robench.threat import ThreatModel
+
+load_builtins()
+
+#: a small budget per attack, so the whole registry runs in seconds
+SMALL = {
+    "spsa": {"steps": 3, "samples": 8},
+    "square": {"queries": 30},
+    "apgd-ce": {"steps": 5},
+    "apgd-dlr": {"steps": 5},
+    "pgd": {"steps": 5},
+    "bim": {"steps": 3},
+    "mifgsm": {"steps": 3},
+    "deepfool": {"steps": 3},
+    "fmn": {"steps": 5},
+    "cw": {"steps": 5, "binary_search_steps": 1},
+    "ddn": {"steps": 5},
+}
+EPSILON = {"linf": 0.1, "l2": 0.5}
+
+
+class ToyCNN(nn.Module):
+    """Three classes from 1x6x6 inputs: small, smooth, deterministic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.linear = nn.Linear(4 * 4 * 4, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.relu(self.conv(x)).flatten(1))
+
+
+def _cases():
+    for name in attacks.names():
+        for norm in ("linf", "l2"):
+            yield pytest.param(name, norm, id=f"{name}-{norm}")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    generator = torch.Generator().manual_seed(1)
+    model = ToyCNN().eval()
+    x = torch.rand(6, 1, 6, 6, generator=generator)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def _run(name, norm, model, x, y, ids):
+    threat = ThreatModel(norm, EPSILON[norm], (0.0, 1.0))
+    attack = attacks.get(name)(**SMALL.get(name, {}))
+    seeds = rng.example_seeds(0, f"conformance|{name}", ids)
+    return threat, attack.run(model, x, y, threat, seeds=seeds)
+
+
+@pytest.mark.parametrize("name, norm", list(_cases()))
+def test_attack_contract(toy, name, norm):
+    model, x, y = toy
+    ids = torch.arange(len(x))
+    try:
+        threat, result = _run(name, norm, model, x, y, ids)
+    except RobenchError as error:
+        assert f"no {norm} version" in str(error), error  # the only acceptable refusal: an unsupported norm
+        pytest.skip(str(error))
+    assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype
+    assert threat.contains(result.x_adv, x, tolerance=1e-6).all(), "proposals must lie in the ball and the bounds"
+    assert result.queries.shape == (len(x),) and not result.queries.is_floating_point()
+    assert (result.queries >= 0).all() and (result.queries > 0).any()
+
+    _, again = _run(name, norm, model, x, y, ids)
+    assert torch.equal(again.x_adv, result.x_adv), "same seeds, same proposals"
+
+    _, alone = _run(name, norm, model, x[2:3], y[2:3], ids[2:3])
+    assert torch.allclose(alone.x_adv, result.x_adv[2:3], atol=1e-5), "an example's proposal must not depend on its batch"
+
+
+def _untrained_defense_factories():
+    """Registered defenses that wrap a model without training anything (trained ones have their own tests)."""
+    import inspect
+
+    from robench.registry import defenses
+
+    for name in defenses.names():
+        params = inspect.signature(defenses.get(name)).parameters
+        if "data" not in params:
+            yield pytest.param(name, id=name)
+
+
+@pytest.mark.parametrize("name", list(_untrained_defense_factories()))
+def test_defense_contract(toy, name):
+    """Logits of the right shape and finite; flags are booleans; BPDA/EOT give a usable gradient."""
+    from robench.attacks.adaptive import adaptive_target
+    from robench.registry import defenses
+    from robench.target import is_differentiable, is_randomized
+
+    model, x, y = toy
+    target = defenses.get(name)(model).eval()
+    with torch.no_grad():
+        logits = target(x)
+    assert logits.shape == (len(x), 3) and torch.isfinite(logits).all()
+    assert isinstance(is_differentiable(target), bool) and isinstance(is_randomized(target), bool)
+    attackable = adaptive_target(target, eot_samples=2)
+    x_grad = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(attackable(x_grad), y).backward()
+    assert x_grad.grad is not None and torch.isfinite(x_grad.grad).all()
