@@ -243,6 +243,10 @@ def build_context(config: EvalConfig) -> Context:
         raise RobenchError(f"defense names must be distinct, got {', '.join(names)}")
     suite = load_suite_card(config.suite)
     attacks = {spec.label: (spec, build_attack(spec, config.max_batch)) for spec in suite.attacks}
+    unsupported = [label for label, (_, attack) in attacks.items() if not attack.supports(config.norm)]
+    if unsupported:
+        raise RobenchError(f"suite {suite.name!r}: attack(s) {', '.join(unsupported)} have no {config.norm} version; "
+                           f"use --norm {'l2' if config.norm == 'linf' else 'linf'} or drop them from the suite")
     threats = {float(e): ThreatModel(config.norm, float(e), data.bounds) for e in config.epsilons}  # type: ignore[arg-type]
     for threat in threats.values():
         threat.check_input_size(n_features(data.input_shape))

@@ -131,6 +131,8 @@ CASES = [
     ("card-missing-name", lambda t: ["--defense", _card(t, 'factory = "bit_depth"\n')], "missing required key 'name'"),
     ("suite-unknown-attack", lambda t: ["--suite", _write(t, "s.toml", 'name = "s"\n[[attack]]\nattack = "nope"\n')],
      "unknown attack 'nope'"),
+    ("suite-attack-without-this-norm", lambda t: ["--suite", _write(t, "s.toml", 'name = "s"\n[[attack]]\nattack = "cw"\n')],
+     "have no linf version"),
     ("suite-no-attacks", lambda t: ["--suite", _write(t, "s.toml", 'name = "s"\nattack = []\n')], "lists no attacks"),
     ("suite-reserved-label", lambda t: ["--suite", _write(t, "s.toml", 'name = "s"\n[[attack]]\nattack = "pgd"\nlabel = "worst-case"\n')],
      "reserved"),

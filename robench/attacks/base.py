@@ -38,5 +38,9 @@ class Attack:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
 
+    def supports(self, norm: str) -> bool:
+        """Whether the attack has a version for this threat model's norm (checked before a run starts)."""
+        return True
+
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         raise NotImplementedError

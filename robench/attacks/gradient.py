@@ -106,6 +106,9 @@ class FoolboxAttack(Attack):
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{self.name}[{'/'.join(self._class_names.values())}]({args})"
 
+    def supports(self, norm: str) -> bool:
+        return norm in self._class_names
+
     def _foolbox_attack(self, norm: str) -> Any:
         class_name = self._class_names.get(norm)
         if class_name is None:
