@@ -105,15 +105,13 @@ def load_npz(path: str | Path, *, seed: int = 0, test_fraction: float = 0.3) -> 
     return dataset_from_arrays(path.stem, x, y, seed=seed, test_fraction=test_fraction)
 
 
-def dataset_from_arrays(name: str, x: np.ndarray, y: np.ndarray, *, seed: int = 0, test_fraction: float = 0.3) -> Dataset:
+def validate_arrays(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate and normalise user arrays: uint8 → /255, float must lie in [0, 1], NCHW layout."""
     if len(x) != len(y):
         raise RobenchError(f"data set {name!r}: x has {len(x)} rows but y has {len(y)}; they must match")
-    if len(x) < 4:
-        raise RobenchError(f"data set {name!r} has {len(x)} examples; need at least 4")
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
         raise RobenchError(f"data set {name!r}: y must be a 1-D integer array of labels, got {y.dtype} with shape {y.shape}")
-    if y.min() < 0:
+    if len(y) and y.min() < 0:
         raise RobenchError(f"data set {name!r}: labels must be >= 0, found {int(y.min())}")
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
@@ -121,7 +119,7 @@ def dataset_from_arrays(name: str, x: np.ndarray, y: np.ndarray, *, seed: int = 
         x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise RobenchError(f"data set {name!r}: x holds NaN or infinite values")
-        if x.min() < 0.0 or x.max() > 1.0:
+        if len(x) and (x.min() < 0.0 or x.max() > 1.0):
             raise RobenchError(
                 f"data set {name!r}: float x must lie in [0, 1], found [{x.min():.3g}, {x.max():.3g}]; rescale it or save uint8"
             )
@@ -133,8 +131,15 @@ def dataset_from_arrays(name: str, x: np.ndarray, y: np.ndarray, *, seed: int = 
         x = np.transpose(x, (0, 3, 1, 2))
     elif x.ndim != 4:
         raise RobenchError(f"data set {name!r}: x must have shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {x.shape}")
-    num_classes = int(y.max()) + 1
-    return _to_tensors(name, x, y.astype(np.int64), num_classes, test_fraction, seed)
+    return np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64)
+
+
+def dataset_from_arrays(name: str, x: np.ndarray, y: np.ndarray, *, seed: int = 0, test_fraction: float = 0.3) -> Dataset:
+    """Validate user arrays (see ``validate_arrays``) and split them into train and test."""
+    if len(x) < 4:
+        raise RobenchError(f"data set {name!r} has {len(x)} examples; need at least 4")
+    x, y = validate_arrays(name, x, y)
+    return _to_tensors(name, x, y, int(y.max()) + 1, test_fraction, seed)
 
 
 def load_dataset(spec: str, *, seed: int = 0) -> Dataset:

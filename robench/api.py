@@ -1,0 +1,96 @@
+"""The one obvious call from Python: ``robench.evaluate(model, x, y, ...)``.
+
+The command line names everything (a registered model or ``module:callable``, a data set), so a run
+can be resumed or shipped to Ray workers. From a notebook a user has a model object and tensors
+instead; this wraps them as an in-process model and data set and runs the same evaluation (local
+executor, same verification, same tables), the way ``foolbox`` attacks take ``(model, inputs,
+criterion)`` and AutoAttack takes ``(model, x, y)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from robench.data import Dataset, validate_arrays
+from robench.errors import RobenchError
+from robench.registry import datasets, load_builtins, models
+from robench.runner import EvalConfig, Evaluation, evaluate_config
+
+_counter = itertools.count()
+
+
+def _numpy(array: Tensor | np.ndarray, what: str) -> np.ndarray:
+    if isinstance(array, Tensor):
+        return array.detach().cpu().numpy()
+    if isinstance(array, np.ndarray):
+        return array
+    raise RobenchError(f"{what} must be a torch.Tensor or a numpy array, got {type(array).__name__}")
+
+
+@contextlib.contextmanager
+def _registered(model: nn.Module, data: Dataset) -> Iterator[tuple[str, str]]:
+    """Register the objects under fresh names for the duration of one evaluation."""
+    load_builtins()
+    number = next(_counter)
+    model_name, data_name = f"python-model-{number}", f"python-data-{number}"
+    models.register(model_name, description="a model object passed to robench.evaluate")(lambda _data=None: model)
+    datasets.register(data_name, description="arrays passed to robench.evaluate")(lambda seed=0: data)
+    try:
+        yield model_name, data_name
+    finally:
+        models._entries.pop(model_name, None)
+        datasets._entries.pop(data_name, None)
+
+
+def evaluate(
+    model: nn.Module,
+    x: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    *,
+    defenses: Sequence[str] = ("none",),
+    suite: str = "quick",
+    norm: str = "linf",
+    epsilons: Sequence[float] = (0.1,),
+    seed: int = 0,
+    device: str = "auto",
+    max_batch: int | None = None,
+    diagnostics: bool = True,
+    train: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None,
+    out: str | Path | None = None,
+) -> Evaluation:
+    """Attack ``model`` on the examples ``x`` (N, C, H, W in [0, 1], or uint8) with labels ``y``.
+
+    Every defense (card names or paths) wraps ``model``; every attack of ``suite`` runs at every
+    epsilon; verified worst case and intervals come back as ``Evaluation`` (``.results``,
+    ``.examples``, ``.diagnostics`` are pandas frames). Defenses that train a model of their own
+    (e.g. ``adv-trained``) need ``train=(x_train, y_train)``. ``out`` writes the usual run
+    directory (results.csv, ..., report.html).
+    """
+    if not isinstance(model, nn.Module):
+        raise RobenchError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    x_test, y_test = validate_arrays("examples", _numpy(x, "x"), _numpy(y, "y"))
+    if len(x_test) == 0:
+        raise RobenchError("no examples: x and y are empty")
+    if train is not None:
+        x_train, y_train = validate_arrays("train", _numpy(train[0], "train x"), _numpy(train[1], "train y"))
+    else:
+        x_train, y_train = x_test[:0], y_test[:0]
+    num_classes = int(max(y_test.max(), y_train.max() if len(y_train) else 0)) + 1
+    data = Dataset("python", torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test),
+                   torch.from_numpy(y_test), num_classes=num_classes)
+    with _registered(model.eval(), data) as (model_name, data_name):
+        config = EvalConfig(dataset=data_name, model=model_name, defenses=tuple(defenses), suite=suite, norm=norm,
+                            epsilons=tuple(float(e) for e in epsilons), n_examples=len(x_test), seed=seed, device=device,
+                            max_batch=max_batch, diagnostics=diagnostics)
+        evaluation = evaluate_config(config)
+    if out is not None:
+        from robench.output import prepare_out_dir, write_evaluation
+
+        write_evaluation(evaluation, prepare_out_dir(out))
+    return evaluation

@@ -1,0 +1,55 @@
+"""The Python entry point (robench/api.py): a model object and tensors in, the same tables out."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import robench
+from conftest import TINY_SUITE, write_suite
+from robench.errors import RobenchError
+from robench.registry import datasets, models
+
+
+def _toy():
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    x = torch.rand(12, 1, 4, 4, generator=generator)
+    return model, x, model(x).argmax(1).detach()
+
+
+def test_evaluate_a_model_object_on_tensors(tmp_path):
+    model, x, y = _toy()
+    suite = write_suite(tmp_path, TINY_SUITE)
+    before = (set(models.names()), set(datasets.names()))
+    evaluation = robench.evaluate(model, x, y, defenses=("none", "bit-depth-3"), suite=suite, epsilons=(0.05, 0.3),
+                                  diagnostics=False, out=tmp_path / "run")
+    worst = evaluation.results[evaluation.results.attack == "worst-case"].set_index(["defense", "epsilon"])
+    assert (worst["clean_accuracy"] == 1.0).all() and (worst["n_examples"] == 12).all()
+    assert worst.loc[("none", 0.3), "robust_accuracy"] <= worst.loc[("none", 0.05), "robust_accuracy"]
+    assert (tmp_path / "run" / "report.html").exists()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "results.csv")[["robust"]],
+                                  evaluation.results[["robust"]].reset_index(drop=True))
+    assert (set(models.names()), set(datasets.names())) == before, "temporary registrations are removed"
+
+
+def test_numpy_uint8_nhwc_inputs_are_accepted(tmp_path):
+    model, x, y = _toy()
+    images = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    evaluation = robench.evaluate(model, images, y.numpy(), suite=write_suite(tmp_path, TINY_SUITE), diagnostics=False)
+    assert int(evaluation.results["n_examples"].iloc[0]) == 12
+
+
+@pytest.mark.parametrize("args, message", [
+    (lambda m, x, y: ("not a model", x, y), "must be a torch.nn.Module"),
+    (lambda m, x, y: (m, x * 3, y), "must lie in [0, 1]"),
+    (lambda m, x, y: (m, x, y[:-1]), "they must match"),
+    (lambda m, x, y: (m, x, [1, 2]), "must be a torch.Tensor or a numpy array"),
+])
+def test_bad_arguments_are_robench_errors(args, message):
+    model, x, y = _toy()
+    with pytest.raises(RobenchError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        robench.evaluate(*args(model, x, y), diagnostics=False)
