@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import robench
-from conftest import TINY_SUITE, write_suite
+from robench_testing import TINY_SUITE, write_suite
 from robench.errors import RobenchError
 from robench.registry import datasets, models
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import TINY_SUITE, write_suite
+from robench_testing import TINY_SUITE, write_suite
 from robench.cli import main
 
 @pytest.fixture
