@@ -51,6 +51,9 @@ def fastest_batch_size(
     ``example`` is one input (C, H, W) or a batch whose first row is used. Sizes above ``limit``
     are not tried. The answer is cached per target, input shape, dtype and device.
     """
+    # a wrapper that forwards to one target per row (BPDA) is probed and cached as that target, so
+    # a fresh wrapper per work unit does not pay for a new probe each time
+    target = getattr(target, "probe_as", None) or target
     if is_randomized(target):
         # a randomized defense's draws depend on the batch an example runs in: a size chosen by
         # timing would make its numbers vary from run to run, so it gets a fixed one

@@ -87,3 +87,18 @@ def test_randomized_targets_get_a_fixed_size_not_a_timed_one():
 
     assert fastest_batch_size(Noisy(), torch.zeros(1, 1, 4, 4)) == RANDOMIZED_BATCH
     assert fastest_batch_size(Noisy(), torch.zeros(1, 1, 4, 4), limit=64) == 64
+
+
+def test_a_bpda_wrapper_is_probed_as_its_target():
+    """A fresh BPDA wrapper per work unit must not pay for a new timed probe each time."""
+    from robench.attacks.adaptive import adaptive_target
+    from robench.batching import _cache, fastest_batch_size
+    from robench.defenses.preprocessing import bit_depth
+
+    target = bit_depth(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), bits=3)
+    size = fastest_batch_size(target, torch.rand(1, 1, 4, 4), candidates=(8, 16))
+    wrapper = adaptive_target(target, eot_samples=1)
+    assert wrapper is not target and wrapper.probe_as is target
+    assert fastest_batch_size(wrapper, torch.rand(1, 1, 4, 4), candidates=(8, 16)) == size
+    assert wrapper not in _cache and target in _cache
+    assert list(wrapper.children()) == [target]  # probe_as is not a second registration of the target

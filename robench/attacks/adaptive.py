@@ -88,6 +88,9 @@ class AdaptiveTarget(nn.Module):
         self.eot_samples = eot_samples if self.randomized else 1
         self.queries_per_row = self.eot_samples
         self._hooked = _bpda_modules(target) if self.uses_bpda else []
+        #: without EOT a row costs one target row: batch sizes are the target's (robench.batching)
+        # (kept out of the module tree: a plain attribute, not a second registration of the target)
+        self.__dict__["probe_as"] = target if self.eot_samples == 1 else None
         if self.uses_bpda and not _has_bpda(target):
             log.warning(
                 "%s is marked non-differentiable but has no Preprocessed block or bpda_forward(); "
