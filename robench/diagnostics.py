@@ -186,6 +186,14 @@ def sign_test(wins: int, losses: int) -> float:
     return float(stats.binom.sf(wins - 1, wins + losses, 0.5))
 
 
+def paired(first, second) -> tuple[int, int, float]:
+    """Paired comparison of two boolean outcomes on the same examples: how many only ``first``
+    has, how many only ``second`` has, and the one-sided sign test that ``first`` has more."""
+    first_only = int((first & ~second).sum())
+    second_only = int((second & ~first).sum())
+    return first_only, second_only, sign_test(first_only, second_only)
+
+
 # --------------------------------------------------------------------------------------------
 # Frame checks
 
@@ -234,9 +242,7 @@ def gradient_free_beats_gradient(examples: pd.DataFrame, *, gradient_free: Colle
             continue
         by_free = broken[free_labels].any(axis=1)
         by_gradient = broken[gradient_labels].any(axis=1)
-        free_only = int((by_free & ~by_gradient).sum())
-        gradient_only = int((by_gradient & ~by_free).sum())
-        p = sign_test(free_only, gradient_only)
+        free_only, gradient_only, p = paired(by_free, by_gradient)
         fired = free_only / n > GRADIENT_FREE_GAP and p < ALPHA
         detail = (
             f"{prefix}{'/'.join(free_labels)} broke {free_only} of {n} clean-correct examples "
@@ -281,9 +287,7 @@ def accuracy_not_decreasing(examples: pd.DataFrame) -> list[Diagnostic]:
                                         f"{prefix}not run: no examples evaluated at both eps {small:g} and {large:g}"))
                 continue
             robust_small, robust_large = int(pair[small].sum()), int(pair[large].sum())
-            gained = int((pair[large] & ~pair[small]).sum())
-            lost = int((pair[small] & ~pair[large]).sum())
-            p = sign_test(gained, lost)
+            gained, lost, p = paired(pair[large], pair[small])
             rises = gained > lost and p < ALPHA
             level = robust_large >= robust_small and robust_small / n > ACCURACY_FLOOR
             detail = (
@@ -459,9 +463,7 @@ def _attack_not_converged(probe: _Probe) -> Diagnostic:
     strong = probe.pgd(steps=steps)
     _, strong_broken = probe.attack("pgd-strong", strong, probe.attack_target, probe.threat)
     n = len(probe.x)
-    strong_only = int((strong_broken & ~base_broken).sum())
-    base_only = int((base_broken & ~strong_broken).sum())
-    p = sign_test(strong_only, base_only)
+    strong_only, base_only, p = paired(strong_broken, base_broken)
     fired = (strong_only - base_only) / n > CONVERGENCE_DROP and p < ALPHA
     detail = (
         f"robust accuracy on {n} probe examples: {1 - base_broken.float().mean().item():.3f} under PGD "
@@ -561,10 +563,8 @@ def _transfer_beats_whitebox(probe: _Probe, undefended: nn.Module | None, whiteb
     _, base_broken = probe.base()
     _, transfer_broken = probe.attack("transfer-pgd", probe.pgd(steps=probe.pgd_steps), undefended, probe.threat)
     n = len(probe.x)
-    transfer_only = int((transfer_broken & ~base_broken).sum())
-    whitebox_only = int((base_broken & ~transfer_broken).sum())
+    transfer_only, whitebox_only, p = paired(transfer_broken, base_broken)
     excess = int(transfer_broken.sum()) - int(base_broken.sum())
-    p = sign_test(transfer_only, whitebox_only)
     fired = excess / n > TRANSFER_EXCESS and p < ALPHA
     detail = (
         f"on {n} probe examples: PGD ({probe.pgd_steps} steps) on the undefended model broke {int(transfer_broken.sum())}, "

@@ -1,4 +1,8 @@
 """Helpers shared by test modules (a plain module: conftest files of subfolders would shadow it)."""
+import torch
+from torch import nn
+
+from robench import rng
 
 
 def write_suite(directory, text: str, name: str = "suite.toml") -> str:
@@ -22,3 +26,32 @@ attack = "spsa"
 steps = 15
 samples = 32
 """
+
+
+def at_distance(model, distance: float, norm: str = "linf", n: int = 10) -> torch.Tensor:
+    """Inputs whose ``norm`` distance to a LinearBinary model's boundary is exactly ``distance``."""
+    generator = torch.Generator().manual_seed(3)
+    w = model.w.flatten()
+    x = torch.rand(n, 16, generator=generator) * 0.2 + 0.4
+    score = x @ w + model.b
+    dual = w.abs().sum() if norm == "linf" else w.norm()  # the dual norm of w
+    wanted = torch.where(score >= 0, 1.0, -1.0) * distance * dual
+    return (x + ((wanted - score) / w.dot(w)).unsqueeze(1) * w).view(n, 1, 4, 4)
+
+
+def conv_problem(key: str, n: int = 10, channels: int = 3, side: int = 6, pin_bounds: bool = False):
+    """A small random conv net, inputs it classifies as ``y``, and per-example seeds under ``key``.
+
+    ``pin_bounds`` sets the first two inputs to the data bounds (0 and 1), where clipping matters.
+    """
+    generator = torch.Generator().manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * side * side, 5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    x = torch.rand(n, channels, side, side, generator=generator)
+    if pin_bounds:
+        x[0] = 0.0
+        x[1] = 1.0
+    y = model(x).argmax(1)
+    return model.eval(), x, y, rng.example_seeds(0, key, torch.arange(n))

@@ -1,7 +1,6 @@
 """APGD-CE / APGD-DLR (robench/attacks/apgd.py): strength, ball, budget, determinism, schedule."""
 import pytest
 import torch
-from torch import nn
 
 from robench import rng
 from robench.attacks.apgd import APGDCE, APGDDLR, checkpoints, dlr_loss
@@ -10,6 +9,7 @@ from robench.errors import RobenchError
 from robench.target import QueryCounter
 from robench.threat import ThreatModel
 from robench.verify import verify
+from robench_testing import at_distance, conv_problem
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.08), ("l2", 0.8)])
@@ -27,19 +27,9 @@ def test_apgd_is_at_least_as_strong_as_foolbox_pgd_with_the_same_budget(digits_m
     assert (apgd.queries <= pgd.queries.max()).all()  # within the same budget
 
 
-def _at_distance(model, distance: float, n: int = 10):
-    """Inputs at exactly L-inf ``distance`` from the linear model's boundary."""
-    generator = torch.Generator().manual_seed(3)
-    w = model.w.flatten()
-    x = torch.rand(n, 16, generator=generator) * 0.2 + 0.4
-    score = x @ w + model.b
-    wanted = torch.where(score >= 0, 1.0, -1.0) * distance * w.abs().sum()
-    return (x + ((wanted - score) / w.dot(w)).unsqueeze(1) * w).view(n, 1, 4, 4)
-
-
 @pytest.mark.parametrize("attack_class", [APGDCE, APGDDLR])
 def test_apgd_breaks_a_linear_model_exactly_where_the_analytic_answer_says(linear_binary, attack_class):
-    x = _at_distance(linear_binary, 0.1)
+    x = at_distance(linear_binary, 0.1)
     y = linear_binary(x).argmax(1)
     seeds = rng.example_seeds(0, "apgd-linear", torch.arange(len(x)))
     for factor, expected in ((1.05, True), (0.95, False)):
@@ -48,21 +38,10 @@ def test_apgd_breaks_a_linear_model_exactly_where_the_analytic_answer_says(linea
         assert (verify(linear_binary, x, result.x_adv, y, threat).broken == expected).all(), factor
 
 
-def _conv_problem(n=10):
-    generator = torch.Generator().manual_seed(7)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
-    x = torch.rand(n, 3, 6, 6, generator=generator)
-    y = model(x).argmax(1)
-    return model.eval(), x, y, rng.example_seeds(0, "apgd", torch.arange(n))
-
-
 @pytest.mark.parametrize("norm, eps", [("linf", 0.5), ("l2", 3.0), ("linf", 0.01), ("l2", 0.05)])
 @pytest.mark.parametrize("attack_class", [APGDCE, APGDDLR])
 def test_proposals_stay_in_the_ball_and_bounds(attack_class, norm, eps):
-    model, x, y, seeds = _conv_problem()
+    model, x, y, seeds = conv_problem("apgd")
     threat = ThreatModel(norm, eps)
     result = attack_class(steps=10, max_batch=64).run(model, x, y, threat, seeds=seeds)
     assert threat.contains(result.x_adv, x, tolerance=1e-6).all()
@@ -70,7 +49,7 @@ def test_proposals_stay_in_the_ball_and_bounds(attack_class, norm, eps):
 
 @pytest.mark.parametrize("restarts", [1, 3])
 def test_query_counts_are_exact_and_broken_examples_stop_spending(restarts):
-    model, x, y, seeds = _conv_problem(16)
+    model, x, y, seeds = conv_problem("apgd", 16)
     threat = ThreatModel("linf", 0.01)
     counter = QueryCounter(model)
     attack = APGDCE(steps=12, restarts=restarts, max_batch=5)
@@ -85,7 +64,7 @@ def test_query_counts_are_exact_and_broken_examples_stop_spending(restarts):
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.03), ("l2", 0.3)])
 def test_an_example_gets_the_same_result_alone_in_a_batch_or_in_chunks(norm, eps):
-    model, x, y, seeds = _conv_problem()
+    model, x, y, seeds = conv_problem("apgd")
     threat = ThreatModel(norm, eps)
     attack = APGDDLR(steps=15, restarts=2, max_batch=64)
     batched = attack.run(model, x, y, threat, seeds=seeds)

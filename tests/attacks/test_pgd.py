@@ -11,42 +11,20 @@ from robench.registry import attacks
 from robench.target import QueryCounter
 from robench.threat import ThreatModel
 from robench.verify import verify
-
-
-def _conv_problem(n=12):
-    generator = torch.Generator().manual_seed(7)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
-    x = torch.rand(n, 3, 6, 6, generator=generator)
-    x[0] = 0.0  # inputs on the bounds: the start and the steps must be clipped
-    x[1] = 1.0
-    y = model(x).argmax(1)
-    return model.eval(), x, y, rng.example_seeds(0, "pgd", torch.arange(n))
+from robench_testing import at_distance, conv_problem
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.5), ("l2", 3.0), ("linf", 0.01), ("l2", 0.05)])
 def test_proposals_stay_in_the_ball_and_bounds(norm, eps):
-    model, x, y, seeds = _conv_problem()
+    model, x, y, seeds = conv_problem("pgd", 12, pin_bounds=True)
     threat = ThreatModel(norm, eps)
     result = PGD(steps=10, rel_stepsize=0.5, restarts=2, max_batch=64).run(model, x, y, threat, seeds=seeds)
     assert result.x_adv.shape == x.shape
     assert threat.contains(result.x_adv, x, tolerance=1e-6).all()
 
 
-def _at_distance(model, distance: float, n: int = 10):
-    """Inputs at exactly L-inf ``distance`` from the linear model's boundary."""
-    generator = torch.Generator().manual_seed(3)
-    w = model.w.flatten()
-    x = torch.rand(n, 16, generator=generator) * 0.2 + 0.4
-    score = x @ w + model.b
-    wanted = torch.where(score >= 0, 1.0, -1.0) * distance * w.abs().sum()
-    return (x + ((wanted - score) / w.dot(w)).unsqueeze(1) * w).view(n, 1, 4, 4)
-
-
 def test_breaks_a_linear_model_exactly_where_the_analytic_answer_says(linear_binary):
-    x = _at_distance(linear_binary, 0.1)
+    x = at_distance(linear_binary, 0.1)
     y = linear_binary(x).argmax(1)
     seeds = rng.example_seeds(0, "pgd-linear", torch.arange(len(x)))
     for factor, expected in ((1.05, True), (0.95, False)):
@@ -70,7 +48,7 @@ def test_at_least_as_strong_as_foolbox_linf_pgd_with_the_same_budget(digits_mlp)
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.03), ("l2", 0.3)])
 def test_an_example_gets_the_same_result_alone_in_a_batch_or_in_chunks_and_for_the_same_seeds(norm, eps):
-    model, x, y, seeds = _conv_problem()
+    model, x, y, seeds = conv_problem("pgd", 12, pin_bounds=True)
     threat = ThreatModel(norm, eps)
     attack = PGD(steps=15, rel_stepsize=0.1, restarts=2, max_batch=64)
     batched = attack.run(model, x, y, threat, seeds=seeds)
@@ -103,7 +81,7 @@ class _Repeated(nn.Module):
 
 @pytest.mark.parametrize("restarts", [1, 3])
 def test_query_counts_are_exact_and_broken_examples_stop_spending(restarts):
-    model, x, y, seeds = _conv_problem(16)
+    model, x, y, seeds = conv_problem("pgd", 16, pin_bounds=True)
     threat = ThreatModel("linf", 0.02)
     attack = PGD(steps=12, rel_stepsize=0.1, restarts=restarts, max_batch=5)
     counter = QueryCounter(model)
@@ -122,7 +100,7 @@ def test_query_counts_are_exact_and_broken_examples_stop_spending(restarts):
 
 
 def test_an_example_misclassified_at_the_start_costs_one_query():
-    model, x, y, seeds = _conv_problem()
+    model, x, y, seeds = conv_problem("pgd", 12, pin_bounds=True)
     wrong = (y + 1) % 5
     result = PGD(steps=10, max_batch=64).run(model, x, wrong, ThreatModel("linf", 0.001), seeds=seeds)
     assert (result.queries == 1).all()
@@ -160,7 +138,7 @@ def test_registered_with_foolboxs_parameters_and_defaults():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_the_inputs_device():
-    model, x, y, seeds = _conv_problem()
+    model, x, y, seeds = conv_problem("pgd", 12, pin_bounds=True)
     device = torch.device("cuda")
     result = PGD(steps=5, restarts=2).run(model.to(device), x.to(device), y.to(device), ThreatModel("l2", 0.3), seeds=seeds.to(device))
     assert result.x_adv.device.type == "cuda" and result.queries.device.type == "cuda"

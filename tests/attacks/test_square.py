@@ -9,25 +9,14 @@ from robench.errors import RobenchError
 from robench.target import QueryCounter
 from robench.threat import ThreatModel
 from robench.verify import verify
-
-
-def _at_distance(model, norm: str, distance: float, n: int = 12):
-    """Inputs whose distance to the linear model's boundary is exactly ``distance`` in ``norm``."""
-    generator = torch.Generator().manual_seed(3)
-    w = model.w.flatten()
-    x = torch.rand(n, 16, generator=generator) * 0.2 + 0.4
-    score = x @ w + model.b
-    dual = w.abs().sum() if norm == "linf" else w.norm()  # the dual norm of w
-    wanted = torch.where(score >= 0, 1.0, -1.0) * distance * dual
-    x = x + ((wanted - score) / w.dot(w)).unsqueeze(1) * w
-    return x.view(n, 1, 4, 4)
+from robench_testing import at_distance, conv_problem
 
 
 # L-inf: random vertices reach the optimal corner; L2: the paper's window patterns reach about 0.7
 # of the optimal linear decrease on a 4x4 input (measured), so the L2 break is asked at 2x.
 @pytest.mark.parametrize("norm, enough", [("linf", 1.25), ("l2", 2.0)])
 def test_square_breaks_a_linear_model_exactly_where_the_analytic_answer_says(linear_binary, norm, enough):
-    x = _at_distance(linear_binary, norm, 0.1)
+    x = at_distance(linear_binary, 0.1, norm, n=12)
     y = linear_binary(x).argmax(1)
     seeds = rng.example_seeds(0, "square-linear", torch.arange(len(x)))
     bounds = (-100.0, 100.0)  # the ball never touches the data bounds here
@@ -38,20 +27,9 @@ def test_square_breaks_a_linear_model_exactly_where_the_analytic_answer_says(lin
         assert (broken == expected).all(), (norm, factor, broken)
 
 
-def _conv_problem(n=10, channels=3, side=8):
-    generator = torch.Generator().manual_seed(7)
-    model = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * side * side, 5))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
-    x = torch.rand(n, channels, side, side, generator=generator)
-    y = model(x).argmax(1)
-    return model.eval(), x, y, rng.example_seeds(0, "square", torch.arange(n))
-
-
 @pytest.mark.parametrize("norm, eps", [("linf", 0.3), ("l2", 2.0), ("linf", 0.02), ("l2", 0.1)])
 def test_proposals_stay_in_the_ball_and_bounds(norm, eps):
-    model, x, y, seeds = _conv_problem()
+    model, x, y, seeds = conv_problem("square", side=8)
     threat = ThreatModel(norm, eps)
     result = Square(queries=60, max_batch=64).run(model, x, y, threat, seeds=seeds)
     assert threat.contains(result.x_adv, x, tolerance=1e-6).all()
@@ -59,7 +37,7 @@ def test_proposals_stay_in_the_ball_and_bounds(norm, eps):
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])
 def test_query_counts_are_exact_and_broken_examples_stop_spending(norm, eps):
-    model, x, y, seeds = _conv_problem(16)
+    model, x, y, seeds = conv_problem("square", 16, side=8)
     threat = ThreatModel(norm, eps)
     counter = QueryCounter(model)
     result = Square(queries=80, max_batch=5).run(counter, x, y, threat, seeds=seeds)
@@ -71,7 +49,7 @@ def test_query_counts_are_exact_and_broken_examples_stop_spending(norm, eps):
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.05), ("l2", 0.5)])
 def test_an_example_gets_the_same_result_alone_in_a_batch_or_in_chunks(norm, eps):
-    model, x, y, seeds = _conv_problem()
+    model, x, y, seeds = conv_problem("square", side=8)
     threat = ThreatModel(norm, eps)
     batched = Square(queries=50, max_batch=64).run(model, x, y, threat, seeds=seeds)
     chunked = Square(queries=50, max_batch=3).run(model, x, y, threat, seeds=seeds)
@@ -83,7 +61,7 @@ def test_an_example_gets_the_same_result_alone_in_a_batch_or_in_chunks(norm, eps
 
 
 def test_results_are_determined_by_the_seeds():
-    model, x, y, seeds = _conv_problem()
+    model, x, y, seeds = conv_problem("square", side=8)
     threat = ThreatModel("linf", 0.05)
     first = Square(queries=30, max_batch=64).run(model, x, y, threat, seeds=seeds)
     again = Square(queries=30, max_batch=64).run(model, x, y, threat, seeds=seeds)
