@@ -22,6 +22,8 @@ class Entry:
     name: str
     factory: Callable[..., Any]
     description: str = ""
+    #: the input kinds it supports (``robench.target``: "image", "sequence", or "any")
+    inputs: tuple[str, ...] = ("any",)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -34,12 +36,16 @@ class Registry:
         #: resolves names that are not registered (e.g. ``foolbox.ClassName``); None if unknown
         self.fallback: Callable[[str], Callable[..., Any] | None] | None = None
 
-    def register(self, name: str, *, description: str = "", **extra: Any) -> Callable:
+    def register(self, name: str, *, description: str = "", inputs: tuple[str, ...] | None = None, **extra: Any) -> Callable:
+        """Decorate a factory. ``inputs`` declares the input kinds it supports (default: the
+        factory's own ``inputs`` attribute, e.g. an attack class's, else any)."""
+
         def decorate(factory: Callable) -> Callable:
             if name in self._entries and self._entries[name].factory is not factory:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
-            self._entries[name] = Entry(name, factory, doc, dict(extra))
+            kinds = tuple(inputs if inputs is not None else getattr(factory, "inputs", ("any",)))
+            self._entries[name] = Entry(name, factory, doc, kinds, dict(extra))
             return factory
 
         return decorate
@@ -61,9 +67,10 @@ class Registry:
         if name in self._entries:
             return self._entries[name]
         if ":" in name:
-            return Entry(name, import_reference(name, self.kind), "user code")
+            factory = import_reference(name, self.kind)
+            return Entry(name, factory, "user code", tuple(getattr(factory, "inputs", ("any",))))
         if self.fallback is not None and (factory := self.fallback(name)) is not None:
-            return Entry(name, factory, "resolved dynamically")
+            return Entry(name, factory, "resolved dynamically", tuple(getattr(factory, "inputs", ("any",))))
         raise RobenchError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}")
 
     def get(self, name: str) -> Callable[..., Any]:

@@ -1,15 +1,62 @@
-"""What robench knows about a target: a module mapping inputs in bounds to logits, plus two flags.
+"""The Target contract: what robench knows about a module it attacks, in one place.
 
-A defense sets ``differentiable = False`` when its forward pass has no useful gradient (JPEG,
-quantisation), so gradient attacks go through BPDA, and ``randomized = True`` when two forward
-passes of the same input may differ, so gradients use EOT and predictions use repeated draws.
+A target maps inputs in the data bounds to logits of shape (N, classes). Beyond that, robench
+reads only what this module defines:
+
+* **flags**: ``differentiable = False`` when its forward pass has no useful gradient (JPEG,
+  quantisation), so gradient attacks go through BPDA; ``randomized = True`` when two forward passes
+  of the same input may differ, so gradients use EOT and predictions use repeated draws. Read them
+  with :func:`is_differentiable` / :func:`is_randomized` (defaults True / False).
+* **BPDA stand-ins**: a :class:`Preprocessed` block's ``bpda(x)`` (a differentiable stand-in for
+  its transform, identity by default) or any module's ``bpda_forward(x)`` (a stand-in for its
+  whole forward pass); see ``robench.attacks.adaptive``.
+* **seeded draws**: a randomized block draws from a :class:`SeededDraws` (attribute ``draws``) or
+  defines ``reseed(seed: int)``; :func:`reseed` restarts every such block at the start of a work
+  unit, so results do not depend on what ran before in the same process.
+* **costs**: ``queries_per_row`` (target rows per forward row: EOT wrappers answer several draws
+  per row) and ``probe_as`` (the module whose timing a wrapper shares, for ``robench.batching``);
+  read them with :func:`queries_per_row` / :func:`probe_target`.
+* **input kinds**: images (N x C x H x W) or sequences (N x C x L); attacks, defenses and models
+  declare the kinds they support (:data:`ANY` for all), checked before a run starts.
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
 
 from robench.errors import RobenchError
+
+# -- input kinds ---------------------------------------------------------------------------
+
+IMAGE, SEQUENCE, ANY = "image", "sequence", "any"
+#: the concrete kinds of input, by the rank of one example: C x H x W, C x L
+INPUT_KINDS: dict[int, str] = {3: IMAGE, 2: SEQUENCE}
+
+
+def input_kind(example_shape: tuple[int, ...]) -> str:
+    """``image`` for one example of shape C x H x W, ``sequence`` for C x L."""
+    kind = INPUT_KINDS.get(len(example_shape))
+    if kind is None:
+        raise RobenchError(f"inputs of shape {tuple(example_shape)} per example are neither images (C, H, W) "
+                           "nor sequences (C, L); reshape the data set")
+    return kind
+
+
+def supports_input(supported: Collection[str], kind: str) -> bool:
+    return ANY in supported or kind in supported
+
+
+def describe_inputs(supported: Collection[str]) -> str:
+    if ANY in supported:
+        return "any input"
+    return " and ".join({IMAGE: "images (N x C x H x W)", SEQUENCE: "sequences (N x C x L)"}.get(k, k) for k in supported)
+
+
+# -- flags and costs -----------------------------------------------------------------------
 
 
 def is_differentiable(target: nn.Module) -> bool:
@@ -18,6 +65,128 @@ def is_differentiable(target: nn.Module) -> bool:
 
 def is_randomized(target: nn.Module) -> bool:
     return bool(getattr(target, "randomized", False))
+
+
+def queries_per_row(target: nn.Module) -> int:
+    """Rows of the underlying target one forward row costs (an EOT wrapper: its draws)."""
+    return int(getattr(target, "queries_per_row", 1))
+
+
+def probe_target(target: nn.Module) -> nn.Module:
+    """The module whose forward timing ``target`` shares (a BPDA wrapper: the wrapped target)."""
+    return getattr(target, "probe_as", None) or target
+
+
+# -- seeded draws --------------------------------------------------------------------------
+
+
+class SeededDraws:
+    """Randomness for randomized blocks: one seeded ``torch.Generator`` per device.
+
+    Each forward pass draws afresh (EOT and the verifier's majority vote rely on that), yet a run
+    is reproducible: the sequence of draws is fixed by ``seed`` and the order of calls. Draws do
+    depend on the batch an example ran in (unlike ``robench.rng``): a randomized defense's single
+    draw is meant to be unpredictable, and only statistics over draws are reported.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._salted = self.seed
+        self._generators: dict[str, torch.Generator] = {}
+
+    def reseed(self, salt: int) -> None:
+        """Restart the draws from a seed mixed with ``salt`` (see :func:`reseed`)."""
+        from robench.rng import derive_seed
+
+        self._generators.clear()
+        self._salted = derive_seed(self.seed, salt)
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self._salted)
+        return self._generators[key]
+
+
+def reseed(target: nn.Module, seed: int) -> None:
+    """Restart a target's randomness: torch's global RNG (for blocks that draw from it) and every
+    block's own draws (a ``reseed(seed)`` method or a :class:`SeededDraws` as ``draws``).
+
+    The runner calls this at the start of every work unit, inside a forked RNG state, so a unit's
+    draws do not depend on the units before it and the caller's global RNG is left as it was.
+    """
+    torch.manual_seed(seed)
+    for module in target.modules():
+        if callable(getattr(module, "reseed", None)):
+            module.reseed(seed)
+        elif hasattr(getattr(module, "draws", None), "reseed"):
+            module.draws.reseed(seed)
+
+
+# -- BPDA: straight-through gradients ------------------------------------------------------
+
+_BPDA_ACTIVE: ContextVar[bool] = ContextVar("robench_bpda_active", default=False)
+
+
+@contextmanager
+def bpda_backward() -> Iterator[None]:
+    """Within this block, non-differentiable :class:`Preprocessed` blocks backpropagate through ``bpda``."""
+    token = _BPDA_ACTIVE.set(True)
+    try:
+        yield
+    finally:
+        _BPDA_ACTIVE.reset(token)
+
+
+def bpda_active() -> bool:
+    return _BPDA_ACTIVE.get()
+
+
+def straight_through(exact: Tensor, approx: Tensor) -> Tensor:
+    """The value of ``exact`` with the gradient of ``approx`` (BPDA, Athalye et al. 2018, Sec. 4.1).
+
+    ``approx - approx.detach()`` is exactly zero for finite values, so the result equals
+    ``exact`` bit for bit while the backward pass sees only ``approx``.
+    """
+    if exact.shape != approx.shape:
+        raise RobenchError(
+            f"BPDA approximation has shape {tuple(approx.shape)} but the exact output has {tuple(exact.shape)}; "
+            "bpda()/bpda_forward() must return the same shape as transform()/forward()"
+        )
+    return exact.detach() + (approx - approx.detach())
+
+
+class Preprocessed(nn.Module):
+    """``model(transform(x))``: the common shape of input-transformation defenses.
+
+    Most defenses broken by Athalye, Carlini & Wagner (2018) have this shape, with a ``transform``
+    whose gradient is zero or useless. Inside :func:`bpda_backward` a non-differentiable block
+    computes the exact ``transform(x)`` on the forward pass and backpropagates through ``bpda(x)``,
+    so predictions stay honest while gradients become useful.
+    """
+
+    differentiable = True
+    randomized = False
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def transform(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def bpda(self, x: Tensor) -> Tensor:
+        """Differentiable approximation of ``transform`` for BPDA (Athalye et al. 2018): identity."""
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        transformed = self.transform(x)
+        if bpda_active() and not is_differentiable(self) and torch.is_grad_enabled() and x.requires_grad:
+            transformed = straight_through(transformed, self.bpda(x))
+        return self.model(transformed)
+
+
+# -- forward passes ------------------------------------------------------------------------
 
 
 def margin(logits: Tensor, labels: Tensor) -> Tensor:
@@ -48,6 +217,42 @@ def logits_in_chunks(target: nn.Module, x: Tensor, max_batch: int) -> Tensor:
     return torch.cat([target(x[start : start + max_batch]) for start in range(0, len(x), max_batch)])
 
 
+class NoGradient(RobenchError):
+    """The target's output does not depend on its input through autograd."""
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-row cross-entropy in float32 (the loss of PGD, Madry et al. 2018)."""
+    return nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def loss_and_gradient(
+    target: nn.Module, x: Tensor, y: Tensor, *, loss: Callable[[Tensor, Tensor], Tensor] = cross_entropy, max_batch: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row ``loss(logits, y)``, the input gradient of its sum, and whether each row is still
+    classified correctly, in chunks of at most ``max_batch`` rows: the one loop every gradient
+    attack and diagnostic shares. Raises :class:`NoGradient` when the output does not depend on
+    the input through autograd (a ``no_grad`` or NumPy step inside the target)."""
+    losses, grads, correct = [], [], []
+    for start in range(0, len(x), max_batch):
+        xb = x[start : start + max_batch].detach().requires_grad_(True)
+        yb = y[start : start + max_batch]
+        with torch.enable_grad():
+            logits = target(xb)
+            if not logits.requires_grad:
+                raise NoGradient("the output does not depend on the input through autograd")
+            row_loss = loss(logits.float(), yb)
+            (grad,) = torch.autograd.grad(row_loss.sum(), xb, allow_unused=True)
+        if grad is None:
+            raise NoGradient("the loss does not depend on the input through autograd")
+        losses.append(row_loss.detach())
+        grads.append(grad)
+        correct.append(logits.detach().argmax(1) == yb)
+    if len(grads) == 1:
+        return losses[0], grads[0], correct[0]
+    return torch.cat(losses), torch.cat(grads), torch.cat(correct)
+
+
 class QueryCounter(nn.Module):
     """Counts the rows a wrapped target is asked to classify (for attacks run by other libraries)."""
 
@@ -60,5 +265,5 @@ class QueryCounter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # an EOT wrapper asks its target for several draws per row: count what the target answered
-        self.rows += len(x) * int(getattr(self.target, "queries_per_row", 1))
+        self.rows += len(x) * queries_per_row(self.target)
         return self.target(x)

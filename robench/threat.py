@@ -1,6 +1,7 @@
-"""Threat models: the one place that defines the ball, projects onto it and checks membership.
+"""Threat models: the one place that defines the ball, samples it, projects onto it and checks membership.
 
-Attacks call ``project``; ``verify`` calls ``contains``; nothing else re-implements a clip.
+Attacks call ``project`` and ``random_start``; ``verify`` calls ``contains``; nothing else
+re-implements a clip or draws a random start.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from robench import rng
 from robench.errors import RobenchError
 
 Norm = Literal["linf", "l2"]
@@ -84,6 +86,13 @@ class ThreatModel:
         finite = torch.isfinite(flat).all(dim=1)
         return in_ball & in_bounds & finite
 
+    def random_start(self, x: Tensor, *, seeds: Tensor | None = None, generator: torch.Generator | None = None,
+                     **options: object) -> Tensor:
+        """``x`` plus a :meth:`random_delta`, projected into ball and bounds: where PGD starts."""
+        delta = random_delta(self.norm, self.epsilon, tuple(x.shape[1:]) if generator is None else tuple(x.shape), seeds=seeds,
+                                  generator=generator, dtype=x.dtype, device=x.device, **options)  # type: ignore[arg-type]
+        return self.project(x + delta, x)
+
     def describe(self) -> str:
         return f"{self.norm} eps={self.epsilon:g} bounds={self.bounds}"
 
@@ -94,3 +103,43 @@ def steepest_direction(grad: Tensor, norm: str) -> Tensor:
     if norm == "linf":
         return grad.sign()
     return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
+
+
+def random_delta(
+    norm: str, epsilon: float, shape: tuple[int, ...], *, seeds: Tensor | None = None, counter: int = 0, radius_counter: int | None = None,
+    surface: bool = False, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """A random perturbation per row (the only sampler of random starts), of shape (rows, *shape), in the ball of radius epsilon.
+
+    Uniform in the ball (Madry et al. 2018; foolbox): L-inf, each coordinate uniform on
+    [-eps, eps]; L2, a normal direction with radius eps * u^(1/d). With ``surface``, on the
+    ball's boundary instead (AutoAttack's APGD start: the L-inf or L2 direction rescaled to
+    norm eps). Draws come from the per-example counter streams of ``robench.rng`` (``seeds``,
+    one per row; the L-inf values and the L2 direction from stream ``counter``, the L2 radius
+    from ``radius_counter``), so a row's start depends on nothing but its seed; or, for
+    training loops, from a ``torch.Generator`` (uniform only; rows = ``shape[0]``).
+    """
+    eps = epsilon
+    if generator is not None:
+        u = torch.rand(shape, generator=generator, dtype=dtype)
+        u = u.to(device) if device is not None else u
+        if norm != "linf" or surface:
+            raise RobenchError("random_delta with a generator draws the L-inf uniform start only")
+        return (2 * u - 1) * eps
+    if seeds is None:
+        raise RobenchError("random_delta needs per-row seeds or a generator")
+    view = (-1, *[1] * len(shape))
+    if norm == "linf":
+        t = 2 * rng.uniform(seeds, counter, shape, dtype) - 1
+        if surface:
+            return eps * (t / t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(view))
+        return t * eps
+    g = rng.normal(seeds, counter, shape, dtype).flatten(1)
+    direction = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    if surface:
+        return (eps * direction).view(-1, *shape)
+    radius_counter = counter + 1 if radius_counter is None else radius_counter
+    radius = rng.uniform(seeds, radius_counter, (1,), dtype) ** (1.0 / g.shape[1])
+    return (eps * radius * direction).view(-1, *shape)
+

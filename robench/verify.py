@@ -3,11 +3,13 @@
 An attack's own success flag is never trusted. A proposal breaks an example only if it lies in
 the threat model's ball (within 1e-6) and in the data bounds, is finite, and a fresh forward pass
 misclassifies it. For a randomized target, the prediction is the majority over ``draws`` forward
-passes (ties count as correct: the attacker must win outright).
+passes (ties count as correct: the attacker must win outright). :func:`attack_and_verify` is the
+only path from an attack to a counted break: work units and diagnostic probes both take it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +17,12 @@ from torch import Tensor, nn
 from robench.target import check_logits, is_randomized, logits_in_chunks, margin
 from robench.threat import ThreatModel
 
+if TYPE_CHECKING:
+    from robench.attacks.base import Attack, AttackResult
+
 TOLERANCE = 1e-6
+#: forward passes that decide a randomized target's prediction (majority vote)
+PREDICTION_DRAWS = 15
 
 
 @dataclass
@@ -69,3 +76,21 @@ def verify(
         margin=margins,
         draws=draws if is_randomized(target) else 1,
     )
+
+
+def attack_and_verify(
+    attack: Attack,
+    target: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    *,
+    seeds: Tensor,
+    attack_target: nn.Module | None = None,
+    draws: int = 1,
+    max_batch: int = 4096,
+) -> tuple[AttackResult, Verification]:
+    """Run ``attack`` on ``attack_target`` (default: ``target``; e.g. its BPDA/EOT-adapted view or
+    a transfer surrogate), then verify every proposal on ``target`` itself."""
+    result = attack.run(target if attack_target is None else attack_target, x, y, threat, seeds=seeds)
+    return result, verify(target, x, result.x_adv, y, threat, draws=draws, max_batch=max_batch)

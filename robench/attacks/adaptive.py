@@ -27,9 +27,9 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from robench.defenses.preprocessing import Preprocessed, bpda_backward, straight_through
+
 from robench.errors import RobenchError
-from robench.target import is_differentiable, is_randomized
+from robench.target import Preprocessed, bpda_backward, is_differentiable, is_randomized, straight_through
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench import rng
 from robench.attacks.base import Attack, AttackResult
 from robench.batching import fastest_batch_size
 from robench.errors import RobenchError
 from robench.registry import attacks
+from robench.target import loss_and_gradient
 from robench.threat import ThreatModel, steepest_direction
 
 MOMENTUM = 0.75
@@ -92,20 +92,6 @@ class APGD(Attack):
     def loss(logits: Tensor, labels: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _loss_and_gradient(self, target: nn.Module, x: Tensor, y: Tensor, max_batch: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-example loss, input gradient and 'still correct', in chunks of ``max_batch`` rows."""
-        losses, grads, correct = [], [], []
-        for start in range(0, len(x), max_batch):
-            xb = x[start : start + max_batch].detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = target(xb)
-                loss = self.loss(logits.float(), y[start : start + max_batch])
-                (grad,) = torch.autograd.grad(loss.sum(), xb)
-            losses.append(loss.detach())
-            grads.append(grad)
-            correct.append(logits.detach().argmax(1) == y[start : start + max_batch])
-        return torch.cat(losses), torch.cat(grads), torch.cat(correct)
-
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         n = len(x)
         max_batch = self.max_batch or fastest_batch_size(target, x)
@@ -127,15 +113,7 @@ class APGD(Attack):
 
     def _random_start(self, x: Tensor, seeds: Tensor, restart: int, threat: ThreatModel) -> Tensor:
         """Uniform direction scaled to the ball's surface, as in the reference code."""
-        shape = tuple(x.shape[1:])
-        view = (-1, *[1] * len(shape))
-        if threat.norm == "linf":
-            t = 2 * rng.uniform(seeds, restart, shape, x.dtype) - 1
-            t = t / t.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(view)
-        else:
-            t = rng.normal(seeds, restart, shape, x.dtype)
-            t = t / t.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
-        return threat.project(x + threat.epsilon * t, x)
+        return threat.random_start(x, seeds=seeds, counter=restart, surface=True)
 
     def _single_run(
         self, target: nn.Module, x: Tensor, y: Tensor, seeds: Tensor, restart: int, threat: ThreatModel, max_batch: int
@@ -145,7 +123,7 @@ class APGD(Attack):
         view = (-1, *[1] * (x.dim() - 1))
         checks = set(checkpoints(self.steps))
         current = self._random_start(x, seeds, restart, threat)
-        loss, grad, correct = self._loss_and_gradient(target, current, y, max_batch)
+        loss, grad, correct = loss_and_gradient(target, current, y, loss=self.loss, max_batch=max_batch)
         queries = torch.ones(n, dtype=torch.long, device=x.device)
         proposal, best_loss, best_grad = current.clone(), loss.clone(), grad.clone()
         broken = ~correct
@@ -166,7 +144,7 @@ class APGD(Attack):
             nxt = threat.project(cur_a + alpha * (z - cur_a) + (1 - alpha) * (cur_a - previous[active]), x_a)
             previous[active] = cur_a
             current[active] = nxt
-            loss_a, grad_a, correct_a = self._loss_and_gradient(target, nxt, y[active], max_batch)
+            loss_a, grad_a, correct_a = loss_and_gradient(target, nxt, y[active], loss=self.loss, max_batch=max_batch)
             queries[active] += 1
             grad[active] = grad_a
             increases[active] += (loss_a > last_loss[active]).float()

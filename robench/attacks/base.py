@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from robench.target import ANY
 from robench.threat import ThreatModel
 
 
@@ -30,6 +31,8 @@ class Attack:
 
     name: ClassVar[str] = "attack"
     gradient_free: ClassVar[bool] = False
+    #: the input kinds it supports (``robench.target``): checked before a run starts
+    inputs: ClassVar[tuple[str, ...]] = (ANY,)
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}

@@ -27,7 +27,7 @@ from robench.attacks.base import Attack, AttackResult
 from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.target import QueryCounter, logits_in_chunks
-from robench.threat import ThreatModel
+from robench.threat import ThreatModel, random_delta
 
 #: short name -> foolbox class per norm
 FOOLBOX_BY_NORM: dict[str, dict[str, str]] = {
@@ -60,17 +60,9 @@ def _seeded_start(cls: type) -> type:
 
         def get_random_start(self, x0: ep.Tensor, epsilon: float) -> ep.Tensor:
             raw = x0.raw
-            seeds = self.robench_seeds.to(raw.device)
-            shape = tuple(raw.shape[1:])
-            if _norm_of(self.distance) == "linf":
-                u = rng.uniform(seeds, self.robench_counter, shape, raw.dtype)
-                start = raw + (2 * u - 1) * epsilon
-            else:
-                g = rng.normal(seeds, self.robench_counter, shape, raw.dtype).flatten(1)
-                radius = rng.uniform(seeds, self.robench_counter + 1, (1,), raw.dtype) ** (1.0 / g.shape[1])
-                direction = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                start = raw + (epsilon * radius * direction).view_as(raw)
-            return ep.astensor(start)
+            delta = random_delta(_norm_of(self.distance) or "linf", float(epsilon), tuple(raw.shape[1:]), seeds=self.robench_seeds.to(raw.device),
+                                        counter=self.robench_counter, dtype=raw.dtype)
+            return ep.astensor(raw + delta)  # foolbox clips to the bounds itself
 
     SeededStart.__name__ = f"Seeded{cls.__name__}"
     return SeededStart

@@ -22,15 +22,13 @@ one forward per example between restarts to see which are still robust.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench import rng
 from robench.attacks.base import Attack, AttackResult
 from robench.batching import fastest_batch_size
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import logits_in_chunks
+from robench.target import logits_in_chunks, loss_and_gradient, queries_per_row
 from robench.threat import ThreatModel, steepest_direction
 
 #: foolbox 3's defaults per norm: (steps, step size relative to epsilon)
@@ -84,7 +82,7 @@ class PGD(Attack):
         if len(x) == 0:
             return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
         max_batch = self.max_batch or fastest_batch_size(target, x)
-        per_row = int(getattr(target, "queries_per_row", 1))
+        per_row = queries_per_row(target)
         x0 = x.detach()
         seeds = seeds.to(x.device)
         x_adv = x0.clone()
@@ -109,31 +107,9 @@ class PGD(Attack):
         """Uniform in the L-inf ball / the L2 ball (direction normal, radius u^(1/d)), as foolbox draws it."""
         if not self.random_start:
             return x.clone()
-        shape = tuple(x.shape[1:])
-        if threat.norm == "linf":
-            delta = (2 * rng.uniform(seeds, 4 * restart, shape, x.dtype) - 1) * threat.epsilon
-        else:
-            g = rng.normal(seeds, 2 * restart, shape, x.dtype).flatten(1)  # streams 4r and 4r + 1
-            radius = rng.uniform(seeds, 4 * restart + 2, (1,), x.dtype) ** (1.0 / g.shape[1])
-            direction = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            delta = (threat.epsilon * radius * direction).view_as(x)
-        return threat.project(x + delta, x)
-
-    @staticmethod
-    def _gradient(target: nn.Module, x: Tensor, y: Tensor, max_batch: int) -> tuple[Tensor, Tensor]:
-        """Input gradient of the summed cross-entropy and 'still correct', in chunks of ``max_batch`` rows."""
-        grads, correct = [], []
-        for start in range(0, len(x), max_batch):
-            xb = x[start : start + max_batch].detach().requires_grad_(True)
-            yb = y[start : start + max_batch]
-            with torch.enable_grad():
-                logits = target(xb)
-                (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), yb, reduction="sum"), xb)
-            grads.append(grad)
-            correct.append(logits.detach().argmax(1) == yb)
-        if len(grads) == 1:
-            return grads[0], correct[0]
-        return torch.cat(grads), torch.cat(correct)
+        # streams: L-inf values 4r; L2 direction 2r (uniforms 4r, 4r + 1), radius 4r + 2
+        counter = 4 * restart if threat.norm == "linf" else 2 * restart
+        return threat.random_start(x, seeds=seeds, counter=counter, radius_counter=4 * restart + 2)
 
     def _single_run(
         self, target: nn.Module, x: Tensor, y: Tensor, start: Tensor, threat: ThreatModel, steps: int, step_size: float, max_batch: int
@@ -147,7 +123,7 @@ class PGD(Attack):
         used = torch.full((len(x),), steps, dtype=torch.long, device=x.device)
         current, x_a, y_a, index = start, x, y, torch.arange(len(x), device=x.device)
         for k in range(steps):
-            grad, correct = self._gradient(target, current, y_a, max_batch)
+            _, grad, correct = loss_and_gradient(target, current, y_a, max_batch=max_batch)
             keep = torch.nonzero(correct).squeeze(1)  # the one host sync per step
             if len(keep) < len(index):
                 # the misclassified leave with this iterate after k + 1 passes; the rest are overwritten later

@@ -36,7 +36,7 @@ from robench.attacks.base import Attack, AttackResult
 from robench.batching import fastest_batch_size
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import logits_in_chunks, margin
+from robench.target import IMAGE, logits_in_chunks, margin
 from robench.threat import ThreatModel
 
 #: counter of the per-example random stream for the start; iteration i uses counter i + 1
@@ -142,6 +142,7 @@ def _l2_normalize(delta: Tensor) -> Tensor:
 class Square(Attack):
     name = "square"
     gradient_free = True
+    inputs = (IMAGE,)  # square windows need a height and a width
 
     def __init__(
         self,

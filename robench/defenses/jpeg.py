@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.defenses.preprocessing import Preprocessed
+from robench.target import IMAGE, Preprocessed
 from robench.errors import RobenchError
 from robench.registry import defenses
 
@@ -110,7 +110,8 @@ class JPEG(Preprocessed):
         return f"quality={self.quality}"
 
 
-@defenses.register("jpeg", description="JPEG compression (Dziugaite et al. 2016, Guo et al. 2018); BPDA: identity")
+@defenses.register("jpeg", description="JPEG compression (Dziugaite et al. 2016, Guo et al. 2018); BPDA: identity",
+                   inputs=(IMAGE,))
 def jpeg(model: nn.Module, *, quality: int = 75) -> nn.Module:
     if not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 100:
         raise RobenchError(f"jpeg: quality must be an integer from 1 to 100, got {quality!r}")

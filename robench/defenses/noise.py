@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robench.defenses.preprocessing import SeededDraws
+from robench.target import ANY, SeededDraws
 from robench.errors import RobenchError
 from robench.registry import defenses
 
@@ -59,7 +59,8 @@ class GaussianNoiseVote(nn.Module):
         return f"sigma={self.sigma}, votes={self.votes}, smoothing={self.smoothing}, seed={self.draws.seed}"
 
 
-@defenses.register("gaussian_noise", description="Gaussian input noise + majority vote (randomized; zero gradients)")
+@defenses.register("gaussian_noise", description="Gaussian input noise + majority vote (randomized; zero gradients)",
+                   inputs=(ANY,))
 def gaussian_noise(model: nn.Module, *, sigma: float = 0.1, votes: int = 16, seed: int = 0) -> nn.Module:
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
         raise RobenchError(f"gaussian_noise: sigma must be a number > 0, got {sigma!r}")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.data import Dataset
-from robench.defenses.preprocessing import Preprocessed
+from robench.target import IMAGE, Preprocessed
 from robench.errors import RobenchError
 from robench.registry import defenses
 
@@ -58,7 +58,8 @@ class PixelDefend(Preprocessed):
         return f"eps_defend={self.eps_defend}, levels={self.pixelcnn.levels}"
 
 
-@defenses.register("pixeldefend", description="PixelDefend purification with the zoo's PixelCNN (Song et al. 2018); slow")
+@defenses.register("pixeldefend", description="PixelDefend purification with the zoo's PixelCNN (Song et al. 2018); slow",
+                   inputs=(IMAGE,))
 def pixeldefend(
     model: nn.Module, *, data: Dataset, eps_defend: float = 32 / 255, seed: int = 0, steps: int = 800
 ) -> nn.Module:

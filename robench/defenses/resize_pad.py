@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.defenses.preprocessing import Preprocessed, SeededDraws
+from robench.target import IMAGE, Preprocessed, SeededDraws
 from robench.errors import RobenchError
 from robench.registry import defenses
 
@@ -65,7 +65,8 @@ class RandomResizePad(Preprocessed):
         return f"min_size={self.min_size}, min_scale={self.min_scale}, seed={self.draws.seed}"
 
 
-@defenses.register("random_resize_pad", description="random resizing and padding (Xie et al. 2018); randomized")
+@defenses.register("random_resize_pad", description="random resizing and padding (Xie et al. 2018); randomized",
+                   inputs=(IMAGE,))
 def random_resize_pad(model: nn.Module, *, min_size: int | None = None, min_scale: float = 0.875, seed: int = 0) -> nn.Module:
     if min_size is not None and (not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 1):
         raise RobenchError(f"random_resize_pad: min_size must be a positive integer, got {min_size!r}")

@@ -28,6 +28,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from robench.data import Dataset
 from robench.errors import RobenchError
 from robench.registry import defenses
+from robench.target import IMAGE
 from robench.threat import ThreatModel
 from robench.zoo.cache import cached_model
 from robench.zoo.cnn import build_cnn
@@ -40,10 +41,14 @@ CODE_VERSION = 2
 def pgd_examples(
     model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, steps: int, generator: torch.Generator,
 ) -> Tensor:
-    """L-inf PGD on the cross-entropy from a uniform random start (Madry et al. 2018, Eq. 2.1)."""
+    """L-inf PGD on the cross-entropy from a uniform random start (Madry et al. 2018, Eq. 2.1).
+
+    The training loop's inner maximisation, not an evaluation attack: every example takes every
+    step (no early exit) on the batch-mean loss, drawing its start from a ``torch.Generator``
+    (``ThreatModel.random_start``), exactly as the cached weights were trained; robench's
+    evaluation PGD is ``robench.attacks.pgd``."""
     step_size = 2.5 * threat.epsilon / steps
-    start = x + (2 * torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) - 1) * threat.epsilon
-    x_adv = threat.project(start, x)
+    x_adv = threat.random_start(x, generator=generator)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.cross_entropy(model(x_adv), y)
@@ -78,7 +83,8 @@ class ScaledLogits(nn.Module):
         return f"scale={self.scale:g}"
 
 
-@defenses.register("adversarial_training", description="PGD adversarial training (Madry et al. 2018): honest robust baseline")
+@defenses.register("adversarial_training", description="PGD adversarial training (Madry et al. 2018): honest robust baseline",
+                   inputs=(IMAGE,), own_model="cnn")
 def adversarial_training(
     model: nn.Module | None = None,
     *,
@@ -137,7 +143,8 @@ def converge_spectral_norms(network: nn.Module, x: Tensor, iterations: int = 50)
     network.eval()
 
 
-@defenses.register("lipschitz", description="spectrally normalised CNN (Lipschitz-bounded): honest baseline")
+@defenses.register("lipschitz", description="spectrally normalised CNN (Lipschitz-bounded): honest baseline",
+                   inputs=(IMAGE,), own_model="cnn")
 def lipschitz(
     model: nn.Module | None = None,
     *,

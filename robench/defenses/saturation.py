@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from robench.errors import RobenchError
 from robench.registry import defenses
+from robench.target import ANY
 
 
 class LogitSaturation(nn.Module):
@@ -39,7 +40,8 @@ class LogitSaturation(nn.Module):
         return f"temperature={self.temperature:g}"
 
 
-@defenses.register("logit_saturation", description="logits times a large temperature (defensive distillation); CE gradients underflow")
+@defenses.register("logit_saturation", description="logits times a large temperature (defensive distillation); CE gradients underflow",
+                   inputs=(ANY,))
 def logit_saturation(model: nn.Module, *, temperature: float = 1000.0) -> nn.Module:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
         raise RobenchError(f"logit_saturation: temperature must be a finite number > 0, got {temperature!r}")

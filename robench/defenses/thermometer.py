@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.data import Dataset
-from robench.defenses.preprocessing import Preprocessed
+from robench.target import IMAGE, Preprocessed
 from robench.errors import RobenchError
 from robench.registry import defenses
 from robench.zoo.cache import cached_model
@@ -68,7 +68,8 @@ class Thermometer(Preprocessed):
         return f"levels={self.levels}"
 
 
-@defenses.register("thermometer", description="thermometer encoding + a classifier trained on it (Buckman et al. 2018)")
+@defenses.register("thermometer", description="thermometer encoding + a classifier trained on it (Buckman et al. 2018)",
+                   inputs=(IMAGE,), own_model="cnn")
 def thermometer(
     model: nn.Module | None = None,
     *,

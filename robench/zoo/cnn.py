@@ -8,6 +8,7 @@ from torch import nn
 
 from robench.data import Dataset
 from robench.registry import models
+from robench.target import IMAGE
 from robench.zoo.cache import cached_model
 from robench.zoo.training import accuracy, seeded_init, train_classifier
 
@@ -44,7 +45,7 @@ def build_cnn(data: Dataset) -> SmallCNN:
     return SmallCNN(c, h, w, data.num_classes)
 
 
-@models.register("cnn", description="small supervised CNN trained on the data set on first use (cached)")
+@models.register("cnn", inputs=(IMAGE,), description="small supervised CNN trained on the data set on first use (cached)")
 def cnn(data: Dataset, *, seed: int = 0, epochs: int = 30) -> nn.Module:
     config = {"code": CODE_VERSION, "data": data.fingerprint, "seed": seed, "epochs": epochs}
 

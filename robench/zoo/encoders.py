@@ -29,6 +29,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from robench.data import Dataset
 from robench.errors import RobenchError
 from robench.registry import models
+from robench.target import IMAGE
 from robench.zoo import bounds
 from robench.zoo.cache import cached_model
 from robench.zoo.training import seeded_init
@@ -226,7 +227,7 @@ def _register(objective: str, description: str) -> None:
 
     factory.__name__ = f"{objective}_encoder"
     factory.__doc__ = description
-    models.register(objective, description=description, role="encoder")(factory)
+    models.register(objective, inputs=(IMAGE,), description=description, role="encoder")(factory)
 
 
 _register("cpc", "encoder trained with InfoNCE between two augmented views (CPC, van den Oord et al. 2018)")

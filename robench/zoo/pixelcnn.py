@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from robench.data import Dataset
 from robench.registry import models
+from robench.target import IMAGE
 from robench.zoo.cache import cached_model
 from robench.zoo.encoders import fit
 from robench.zoo.training import seeded_init
@@ -107,7 +108,7 @@ def pixelcnn_config(data: Dataset, *, seed: int = 0, steps: int = 800, batch_siz
             "lr": lr, "levels": levels}
 
 
-@models.register("pixelcnn", description="small gated PixelCNN density model over discretized pixels (powers PixelDefend)",
+@models.register("pixelcnn", inputs=(IMAGE,), description="small gated PixelCNN density model over discretized pixels (powers PixelDefend)",
                  role="density")
 def pixelcnn(data: Dataset, *, seed: int = 0, steps: int = 800, batch_size: int = 32, lr: float = 3e-3,
              levels: int = DEFAULT_LEVELS) -> nn.Module:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from robench.data import Dataset
 from robench.registry import models
+from robench.target import IMAGE
 from robench.zoo import encoders, vqvae
 from robench.zoo.cache import cached_model
 from robench.zoo.training import accuracy, seeded_init, train_classifier
@@ -122,14 +123,14 @@ def _register_contrastive(objective: str) -> None:
 
     factory.__name__ = f"{objective}_probe"
     description = f"frozen {objective} encoder + linear probe (classifier; trains the encoder on first use, cached)"
-    models.register(f"{objective}-probe", description=description, role="classifier")(factory)
+    models.register(f"{objective}-probe", inputs=(IMAGE,), description=description, role="classifier")(factory)
 
 
 for _objective in encoders.OBJECTIVES:
     _register_contrastive(_objective)
 
 
-@models.register("vqvae-probe", description="frozen VQ-VAE encoder (quantized codes) + linear probe (classifier, cached)",
+@models.register("vqvae-probe", inputs=(IMAGE,), description="frozen VQ-VAE encoder (quantized codes) + linear probe (classifier, cached)",
                  role="classifier")
 def vqvae_probe(data: Dataset, *, seed: int = 0, steps: int = vqvae.DEFAULT_STEPS) -> nn.Module:
     c, h, w = data.input_shape

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from robench.data import Dataset
 from robench.registry import models
+from robench.target import IMAGE
 from robench.zoo.cache import cached_model
 from robench.zoo.encoders import fit
 from robench.zoo.training import seeded_init
@@ -102,7 +103,7 @@ def vqvae_config(data: Dataset, *, seed: int = 0, steps: int = DEFAULT_STEPS, ba
             "lr": lr, "beta": beta}
 
 
-@models.register("vqvae", description="VQ-VAE, straight-through estimator + commitment loss (van den Oord et al. 2017)",
+@models.register("vqvae", inputs=(IMAGE,), description="VQ-VAE, straight-through estimator + commitment loss (van den Oord et al. 2017)",
                  role="encoder")
 def vqvae(data: Dataset, *, seed: int = 0, steps: int = DEFAULT_STEPS, batch_size: int = 128, lr: float = 2e-3,
           beta: float = 0.25) -> nn.Module:

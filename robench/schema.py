@@ -1,0 +1,97 @@
+"""The run tables' schema: column names, the ``worst-case`` label, file names, and the one reader.
+
+Every module that writes or reads a run table (units, risk, diagnostics, store, output, reports,
+gate) takes its names from here, so a column is renamed in one place and a table read from disk
+has the same dtypes as one fresh from memory. Pure pandas: importing it pulls in no torch, so
+``robench report`` and ``robench check`` stay light.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from robench.errors import RobenchError
+
+#: the pseudo-attack that holds the per-example worst case over a suite's attacks
+WORST_CASE = "worst-case"
+
+#: what identifies one evaluated cell: every per-example and per-result row starts with these
+KEYS: tuple[str, ...] = ("defense", "model", "dataset", "norm", "epsilon")
+
+#: examples.csv (and a unit's stored rows): one row per (defense, epsilon, attack, example)
+EXAMPLE_COLUMNS: tuple[str, ...] = (
+    *KEYS, "attack", "example", "label", "clean_correct", "broken", "rejected", "queries", "distance",
+    "margin", "draws", "seconds",
+)
+#: examples.csv as written (per-unit seconds are kept in run.json's timings instead)
+EXAMPLE_FILE_COLUMNS: tuple[str, ...] = tuple(c for c in EXAMPLE_COLUMNS if c != "seconds")
+
+#: results.csv: one row per (defense, epsilon, attack) plus the worst case
+RESULT_COLUMNS: tuple[str, ...] = (
+    *KEYS, "attack", "n_examples", "clean_accuracy", "clean_accuracy_low", "clean_accuracy_high",
+    "robust_accuracy", "robust_accuracy_low", "robust_accuracy_high",
+    "adversarial_risk", "adversarial_risk_low", "adversarial_risk_high",
+    "robust", "rejected", "queries_mean", "seconds",
+)
+#: what a reader of results.csv needs at least (older runs may lack the rest)
+RESULT_REQUIRED: tuple[str, ...] = (
+    "defense", "epsilon", "attack", "n_examples", "clean_accuracy",
+    "robust_accuracy", "robust_accuracy_low", "robust_accuracy_high",
+)
+#: what a reader of examples.csv needs at least
+EXAMPLE_REQUIRED: tuple[str, ...] = ("defense", "epsilon", "attack", "example", "clean_correct", "broken")
+
+#: diagnostics.csv: one row per gradient-masking check run on a (defense, epsilon)
+DIAGNOSTIC_COLUMNS: tuple[str, ...] = ("defense", "epsilon", "check", "fired", "detail")
+DIAGNOSTIC_REQUIRED: tuple[str, ...] = ("defense", "epsilon", "check", "fired")
+
+#: columns that hold names, kept as text whatever they look like (a defense called "1" stays "1")
+TEXT_COLUMNS: tuple[str, ...] = ("defense", "model", "dataset", "norm", "attack", "check", "detail")
+
+#: adversarial.npz: a few verified adversarial examples per unit, for the report's grid
+ADVERSARIAL_ARRAYS: tuple[str, ...] = ("defense", "epsilon", "attack", "example", "x", "x_adv")
+
+# The files of a run directory (robench evaluate --out DIR)
+RESULTS, EXAMPLES, RUN = "results.csv", "examples.csv", "run.json"
+DIAGNOSTICS, ADVERSARIAL, REPORT = "diagnostics.csv", "adversarial.npz", "report.html"
+PLAN, UNITS = "plan.json", "units"
+
+
+def parse_rows(text: str) -> pd.DataFrame:
+    """Parse a run table's CSV text: name columns as text, empty cells as missing."""
+    header = text.split("\n", 1)[0].split(",")
+    dtypes = {c: str for c in TEXT_COLUMNS if c in header}
+    return pd.read_csv(io.StringIO(text), dtype=dtypes, keep_default_na=False, na_values=[""])
+
+
+def normalize_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Round-trip through CSV, so a fresh run and a resumed one assemble identical tables."""
+    return parse_rows(rows.to_csv(index=False))
+
+
+def read_table(path: str | Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read one run table from disk; a missing, unreadable or incomplete file is one clear error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RobenchError(f"{path} does not exist; point at a directory written by `robench evaluate --out DIR`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RobenchError(f"{path} is not readable ({exc}); rerun `robench evaluate --out DIR`") from None
+    try:
+        frame = parse_rows(text)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise RobenchError(f"{path} is not a readable CSV ({str(exc).splitlines()[0]}); rerun `robench evaluate --out DIR`") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise RobenchError(f"{path} lacks column(s) {', '.join(missing)}; was it written by this robench version?")
+    return frame
+
+
+def empty_diagnostics() -> pd.DataFrame:
+    """A diagnostics table with no rows, and the right columns and dtypes."""
+    return pd.DataFrame({"defense": pd.Series(dtype=str), "epsilon": pd.Series(dtype=float),
+                         "check": pd.Series(dtype=str), "fired": pd.Series(dtype=bool),
+                         "detail": pd.Series(dtype=str)})
