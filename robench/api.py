@@ -2,27 +2,27 @@
 
 The command line names everything (a registered model or ``module:callable``, a data set), so a run
 can be resumed or shipped to Ray workers. From a notebook a user has a model object and tensors
-instead; this wraps them as an in-process model and data set and runs the same evaluation (local
-executor, same verification, same tables), the way ``foolbox`` attacks take ``(model, inputs,
-criterion)`` and AutoAttack takes ``(model, x, y)``.
+instead; they go straight to the same runner as objects (local executor, same verification, same
+tables), the way ``foolbox`` attacks take ``(model, inputs, criterion)`` and AutoAttack takes
+``(model, x, y)``. Nothing is registered, and nothing of the call outlives it.
 """
 from __future__ import annotations
 
-import contextlib
-import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from robench.assemble import Evaluation
 from robench.data import Dataset, validate_arrays
 from robench.errors import RobenchError
-from robench.registry import datasets, load_builtins, models
-from robench.runner import EvalConfig, Evaluation, evaluate_config
+from robench.runner import evaluate_config
+from robench.spec import EvalConfig
 
-_counter = itertools.count()
+#: the names a call's results give its model object and arrays
+MODEL_NAME, DATA_NAME = "python-model", "python-data"
 
 
 def _numpy(array: Tensor | np.ndarray, what: str) -> np.ndarray:
@@ -31,21 +31,6 @@ def _numpy(array: Tensor | np.ndarray, what: str) -> np.ndarray:
     if isinstance(array, np.ndarray):
         return array
     raise RobenchError(f"{what} must be a torch.Tensor or a numpy array, got {type(array).__name__}")
-
-
-@contextlib.contextmanager
-def _registered(model: nn.Module, data: Dataset) -> Iterator[tuple[str, str]]:
-    """Register the objects under fresh names for the duration of one evaluation."""
-    load_builtins()
-    number = next(_counter)
-    model_name, data_name = f"python-model-{number}", f"python-data-{number}"
-    models.register(model_name, description="a model object passed to robench.evaluate")(lambda _data=None: model)
-    datasets.register(data_name, description="arrays passed to robench.evaluate")(lambda seed=0: data)
-    try:
-        yield model_name, data_name
-    finally:
-        models._entries.pop(model_name, None)
-        datasets._entries.pop(data_name, None)
 
 
 def evaluate(
@@ -82,13 +67,12 @@ def evaluate(
     else:
         x_train, y_train = x_test[:0], y_test[:0]
     num_classes = int(max(y_test.max(), y_train.max() if len(y_train) else 0)) + 1
-    data = Dataset("python", torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test),
+    data = Dataset(DATA_NAME, torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test),
                    torch.from_numpy(y_test), num_classes=num_classes)
-    with _registered(model.eval(), data) as (model_name, data_name):
-        config = EvalConfig(dataset=data_name, model=model_name, defenses=tuple(defenses), suite=suite, norm=norm,
-                            epsilons=tuple(float(e) for e in epsilons), n_examples=len(x_test), seed=seed, device=device,
-                            max_batch=max_batch, diagnostics=diagnostics)
-        evaluation = evaluate_config(config)
+    config = EvalConfig(dataset=DATA_NAME, model=MODEL_NAME, defenses=tuple(defenses), suite=suite, norm=norm,
+                        epsilons=tuple(float(e) for e in epsilons), n_examples=len(x_test), seed=seed, device=device,
+                        max_batch=max_batch, diagnostics=diagnostics)
+    evaluation = evaluate_config(config, model=model, data=data)
     if out is not None:
         from robench.output import prepare_out_dir, write_evaluation
 

@@ -1,36 +1,16 @@
 """The ``robench`` command: thin click wrappers that parse, call library code, and print."""
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
+from robench.console import friendly_errors, setup_logging
 from robench.errors import RobenchError
 
 log = logging.getLogger("robench")
-
-
-def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input: one line on stderr naming the problem and the fix, exit code 2, no traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except RobenchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
-
-
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,10 +44,11 @@ def evaluate(
     executor: str, address: str | None, out: str | None, resume: str | None, quiet: bool,
 ) -> None:
     """Attack every defense with every attack of a suite; report worst-case robust accuracy."""
-    _setup_logging(quiet)
+    setup_logging(quiet)
     from robench.output import prepare_out_dir, write_evaluation
     from robench.progress import UnitProgress
-    from robench.runner import EvalConfig, evaluate_config
+    from robench.runner import evaluate_config
+    from robench.spec import EvalConfig
     from robench.store import RunStore
     from robench.table import summary_table
 

@@ -1,4 +1,4 @@
-"""Data sets as tensors in [lo, hi], shape (N, C, H, W); nothing is downloaded.
+"""Data sets as tensors in [lo, hi]: images (N, C, H, W) or sequences (N, C, L); nothing is downloaded.
 
 ``digits`` is scikit-learn's bundled 8x8 handwritten digits (1,797 images), the embedded default.
 ``npz:PATH`` (or a path ending in .npz) loads a user's own file holding ``x`` and ``y``, so MNIST or
@@ -21,7 +21,7 @@ from robench.registry import datasets
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split of images in ``bounds``, shape (N, C, H, W), integer labels."""
+    """A train/test split of inputs in ``bounds`` (images N x C x H x W or sequences N x C x L), integer labels."""
 
     name: str
     x_train: Tensor
@@ -105,8 +105,13 @@ def load_npz(path: str | Path, *, seed: int = 0, test_fraction: float = 0.3) -> 
     return dataset_from_arrays(path.stem, x, y, seed=seed, test_fraction=test_fraction)
 
 
+#: a 3-D array (N, A, B) with A at most this is N sequences of A channels, else N one-channel images
+SEQUENCE_MAX_CHANNELS = 4
+
+
 def validate_arrays(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and normalise user arrays: uint8 → /255, float must lie in [0, 1], NCHW layout."""
+    """Validate and normalise user arrays: uint8 → /255, float must lie in [0, 1]; images as
+    N x C x H x W (from N x H x W, N x H x W x C or N x C x H x W), sequences as N x C x L."""
     if len(x) != len(y):
         raise RobenchError(f"data set {name!r}: x has {len(x)} rows but y has {len(y)}; they must match")
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
@@ -125,12 +130,13 @@ def validate_arrays(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray
             )
     else:
         raise RobenchError(f"data set {name!r}: x must be uint8 or float, got {x.dtype}")
-    if x.ndim == 3:
-        x = x[:, None]
+    if x.ndim == 3 and x.shape[1] > SEQUENCE_MAX_CHANNELS:
+        x = x[:, None]  # (N, H, W): one-channel images
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = np.transpose(x, (0, 3, 1, 2))
-    elif x.ndim != 4:
-        raise RobenchError(f"data set {name!r}: x must have shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {x.shape}")
+    elif x.ndim not in (3, 4):
+        raise RobenchError(f"data set {name!r}: x must have shape (N, H, W), (N, H, W, C) or (N, C, H, W) for images, "
+                           f"or (N, C, L) with C <= {SEQUENCE_MAX_CHANNELS} for sequences; got {x.shape}")
     return np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64)
 
 

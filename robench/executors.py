@@ -1,69 +1,67 @@
-"""Executors run a run's units: in this process, or as tasks on a Ray cluster.
+"""Executors map a function over work items: in this process, or as tasks on a Ray cluster.
 
-Both call ``robench.runner.execute_unit(config, unit)``; a unit's numbers depend only on the
-configuration and the unit (its seeds derive from the run seed and the unit's key), so the
-executor changes how fast a run goes, never what it finds. Results are handed back as each unit
-finishes, and the runner stores them at once.
+The protocol is ``map(work, items, on_result)``: call ``work(item)`` for every item and hand each
+result back as it finishes, ``on_result(item, result)``; where the executor itself loses an item
+(a worker process died), ``result`` is the exception. An executor knows nothing of robench:
+the runner decides what an item is, stores each result at once, and assembles them in plan order,
+so the executor changes how fast a run goes, never what it finds.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from robench.errors import RobenchError
 
-if TYPE_CHECKING:
-    from robench.runner import EvalConfig, Unit, UnitResult
-
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 class Executor(Protocol):
-    def run(self, config: EvalConfig, units: Sequence[Unit], finished: Callable[[UnitResult], None]) -> None: ...
+    def map(self, work: Callable[[Item], Result], items: Sequence[Item],
+            on_result: Callable[[Item, Result | BaseException], None]) -> None: ...
 
 
 class LocalExecutor:
-    """Units one after another in this process (the model and defenses are built once)."""
+    """Items one after another in this process."""
 
-    def run(self, config: EvalConfig, units: Sequence[Unit], finished: Callable[[UnitResult], None]) -> None:
-        from robench.runner import execute_unit
+    def map(self, work: Callable[[Item], Result], items: Sequence[Item],
+            on_result: Callable[[Item, Result | BaseException], None]) -> None:
+        for item in items:
+            on_result(item, work(item))
 
-        for unit in units:
-            finished(execute_unit(config, unit))
 
-
-def _ray_execute(config: EvalConfig, unit: Unit) -> UnitResult:
-    from robench.runner import execute_unit
-
+def _call_in_worker(work: Callable[[Any], Any], item: Any) -> Any:
     torch.set_num_threads(1)  # one task per core: Ray schedules the parallelism
-    return execute_unit(config, unit)
+    return work(item)
 
 
 class RayExecutor:
-    """Units as Ray tasks (``pip install robench[ray]``): a local instance, or a cluster at ``address``.
+    """Items as Ray tasks (``pip install robench[ray]``): a local instance, or a cluster at ``address``.
 
-    A task asks for one CPU, and one GPU when the run's device is CUDA. Each worker builds the
-    run's context (data, model, defenses) once from the configuration and the model cache; the
-    cache directory must be shared by the workers, or the models are trained once per worker.
+    A task asks for one CPU, and one GPU when ``gpus`` is set. ``work`` is shipped to the workers
+    once (``ray.put``); it must be picklable (a module-level function, or a partial of one).
     """
 
-    def __init__(self, address: str | None, device: torch.device) -> None:
+    def __init__(self, address: str | None, *, gpus: int = 0) -> None:
         try:
             import ray
         except ImportError:
             raise RobenchError("--executor ray needs Ray; install it with: pip install 'robench[ray]'") from None
         self.ray = ray
         self.address = address
-        self.gpus = 1 if device.type == "cuda" else 0
+        self.gpus = gpus
 
-    def run(self, config: EvalConfig, units: Sequence[Unit], finished: Callable[[UnitResult], None]) -> None:
+    def map(self, work: Callable[[Item], Result], items: Sequence[Item],
+            on_result: Callable[[Item, Result | BaseException], None]) -> None:
         ray = self.ray
-        if not units:
+        if not items:
             return
         started_here = not ray.is_initialized()
         if started_here:
@@ -73,23 +71,22 @@ class RayExecutor:
             except Exception as exc:  # ConnectionError, a bad address, ...
                 raise RobenchError(f"cannot start or reach Ray at {self.address or 'a local instance'} ({exc}); "
                                    "check --address or use --executor local") from None
+        pending: dict[Any, Item] = {}
         try:
-            task = ray.remote(num_cpus=1, num_gpus=self.gpus, max_retries=0)(_ray_execute)
-            config_ref = ray.put(config)
-            pending = {task.remote(config_ref, unit): unit for unit in units}
+            task = ray.remote(num_cpus=1, num_gpus=self.gpus, max_retries=0)(_call_in_worker)
+            work_ref = ray.put(work)
+            pending = {task.remote(work_ref, item): item for item in items}
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
-                    unit = pending.pop(ref)
+                    item = pending.pop(ref)
                     try:
-                        result = ray.get(ref)
-                    except Exception as exc:  # the worker died: record the unit as failed, go on
-                        from robench.runner import UnitResult
-
-                        result = UnitResult(unit, error=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
-                    finished(result)
+                        result: Result | BaseException = ray.get(ref)
+                    except Exception as exc:  # the worker died: hand the error back, go on
+                        result = exc
+                    on_result(item, result)
         except KeyboardInterrupt:
-            for ref in list(locals().get("pending", {})):
+            for ref in list(pending):
                 ray.cancel(ref, force=True)
             raise
         finally:
@@ -103,5 +100,5 @@ def make_executor(name: str, *, address: str | None = None, device: torch.device
             raise RobenchError("--address is for --executor ray; drop it or add --executor ray")
         return LocalExecutor()
     if name == "ray":
-        return RayExecutor(address, device or torch.device("cpu"))
+        return RayExecutor(address, gpus=1 if device is not None and device.type == "cuda" else 0)
     raise RobenchError(f"unknown executor {name!r}; valid choices: {', '.join(EXECUTORS)}")

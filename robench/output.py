@@ -14,10 +14,8 @@ import numpy as np
 
 from robench.errors import RobenchError
 from robench.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
-from robench.runner import Evaluation
-
-RESULTS, EXAMPLES, RUN = "results.csv", "examples.csv", "run.json"
-DIAGNOSTICS, ADVERSARIAL, REPORT = "diagnostics.csv", "adversarial.npz", "report.html"
+from robench.assemble import Evaluation
+from robench.schema import ADVERSARIAL, DIAGNOSTICS, EXAMPLES, RESULTS, RUN
 
 
 def prepare_out_dir(path: str | Path) -> Path:

@@ -9,7 +9,8 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from robench.runner import Unit, UnitResult
+    from robench.plan import Unit
+    from robench.units import UnitResult
 
 
 class UnitProgress:

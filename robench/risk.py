@@ -7,31 +7,39 @@ Intervals are exact binomial (Clopper-Pearson) intervals over the evaluated exam
 """
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Collection
+
 import pandas as pd
-from scipy import stats
 
-WORST_CASE = "worst-case"
-KEYS = ["defense", "model", "dataset", "norm", "epsilon"]
+from robench.schema import KEYS, RESULT_COLUMNS, WORST_CASE
+from robench.stats import clopper_pearson
+
+__all__ = ["WORST_CASE", "KEYS", "clopper_pearson", "as_bool", "worst_case_examples", "worst_case", "summarize"]
 
 
-def clopper_pearson(successes, trials, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Exact two-sided binomial interval for the success rate (Clopper & Pearson 1934).
+def as_bool(column: pd.Series) -> pd.Series:
+    """A boolean column, whether it holds bools or their text from a hand-edited CSV ("true", "1")."""
+    if column.dtype == bool:
+        return column
+    return column.astype(str).str.strip().str.lower().isin(["true", "1", "1.0"])
 
-    Lower = Beta(α/2; k, n−k+1) quantile, upper = Beta(1−α/2; k+1, n−k) quantile, with the
-    conventions lower = 0 at k = 0 and upper = 1 at k = n. Vectorised over arrays.
+
+def worst_case_examples(examples: pd.DataFrame, *, attacks: Collection[str] | None = None) -> pd.DataFrame:
+    """Per example and cell (the ``KEYS`` columns present): ``clean_correct``, ``broken`` by any
+    attack (of ``attacks``, default all of the suite's) and ``robust`` = correct and unbroken.
+
+    The one worst case over attacks that the diagnostics and the report read; :func:`worst_case`
+    adds the rows' other columns for the results table.
     """
-    k = np.asarray(successes, dtype=float)
-    n = np.asarray(trials, dtype=float)
-    if np.any(n < 0) or np.any(k < 0) or np.any(k > n):
-        raise ValueError("need 0 <= successes <= trials")
-    alpha = 1.0 - confidence
-    with np.errstate(invalid="ignore", divide="ignore"):
-        low = np.where(k > 0, stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
-        high = np.where(k < n, stats.beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
-    low = np.where(n > 0, low, 0.0)
-    high = np.where(n > 0, high, 1.0)
-    return low, high
+    rows = examples[examples["attack"].astype(str) != WORST_CASE]
+    if attacks is not None:
+        rows = rows[rows["attack"].astype(str).isin(list(attacks))]
+    keys = [k for k in KEYS if k in rows.columns]
+    rows = rows.assign(clean_correct=as_bool(rows["clean_correct"]), broken=as_bool(rows["broken"]))
+    worst = rows.groupby([*keys, "example"], sort=False, dropna=False).agg(
+        clean_correct=("clean_correct", "first"), broken=("broken", "max")).reset_index()
+    worst["robust"] = worst["clean_correct"] & ~worst["broken"]
+    return worst
 
 
 def worst_case(examples: pd.DataFrame) -> pd.DataFrame:
@@ -80,10 +88,4 @@ def summarize(examples: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     table["adversarial_risk_low"], table["adversarial_risk_high"] = 1.0 - high, 1.0 - low
     clean_low, clean_high = clopper_pearson(table["clean_correct"], n, confidence)
     table["clean_accuracy_low"], table["clean_accuracy_high"] = clean_low, clean_high
-    columns = [
-        *KEYS, "attack", "n_examples", "clean_accuracy", "clean_accuracy_low", "clean_accuracy_high",
-        "robust_accuracy", "robust_accuracy_low", "robust_accuracy_high",
-        "adversarial_risk", "adversarial_risk_low", "adversarial_risk_high",
-        "robust", "rejected", "queries_mean", "seconds",
-    ]
-    return table[columns]
+    return table[list(RESULT_COLUMNS)]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,7 @@ import pandas as pd
 
 from robench.errors import RobenchError
 from robench.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
-
-PLAN = "plan.json"
-UNITS = "units"
+from robench.schema import PLAN, UNITS, parse_rows
 
 
 def unit_file_id(key: str) -> str:
@@ -100,7 +97,7 @@ class RunStore:
     def load(self, key: str) -> tuple[pd.DataFrame, dict[str, np.ndarray] | None]:
         path = self._path(key, ".csv")
         try:
-            rows = read_rows(path.read_text())
+            rows = parse_rows(path.read_text())
         except (OSError, ValueError) as exc:
             raise RobenchError(f"stored unit {path} is unreadable ({exc}); delete it and resume again") from None
         npz = self._path(key, ".npz")
@@ -109,24 +106,3 @@ class RunStore:
             with np.load(npz, allow_pickle=False) as stored:
                 adversarial = {name: stored[name] for name in stored.files}
         return rows, adversarial
-
-
-#: columns that hold names, kept as text whatever they look like (a defense called "1" stays "1")
-TEXT_COLUMNS = ("defense", "model", "dataset", "norm", "attack", "check", "detail")
-
-
-def read_rows(text: str) -> pd.DataFrame:
-    """Parse a unit's CSV the same way whether it comes from disk or from memory."""
-    header = text.split("\n", 1)[0].split(",")
-    dtypes = {c: str for c in TEXT_COLUMNS if c in header}
-    return pd.read_csv(io.StringIO(text), dtype=dtypes, keep_default_na=False, na_values=[""])
-
-
-def normalize_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """Round-trip through CSV, so a fresh run and a resumed one assemble identical tables."""
-    return read_rows(rows.to_csv(index=False))
-
-
-def config_dict(config: Any) -> dict[str, Any]:
-    """The JSON form of an EvalConfig (tuples become lists)."""
-    return json.loads(json.dumps(asdict(config), default=str))

@@ -1,36 +1,22 @@
 """``robench report DIR`` and ``robench check DIR --baseline PATH``: thin click wrappers.
 
-robench/cli.py adds these to its group (``main.add_command(report)``, ``main.add_command(check)``).
-Nothing here imports robench.cli at module level, so that cli.py may import this module at its
-top without a cycle; the shared ``friendly_errors`` decorator is looked up when a command runs.
+robench/cli.py adds these to its group (``main.add_command(report)``, ``main.add_command(check)``);
+the shared ``friendly_errors`` decorator comes from robench.console, so nothing here imports cli.py.
 Exit codes: 0 pass, 1 regression (check only), 2 bad input (one line on stderr, no traceback).
 """
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-
-def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """robench.cli.friendly_errors, resolved at call time (cli.py imports this module)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from robench.cli import friendly_errors
-
-        return friendly_errors(command)(*args, **kwargs)
-
-    return wrapper
+from robench.console import friendly_errors
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@_friendly
+@friendly_errors
 def report(run_dir: Path) -> None:
     """Regenerate DIR/report.html from the files of a run directory (results.csv, run.json, ...)."""
     from robench.reports.html import write_report
@@ -47,7 +33,7 @@ def report(run_dir: Path) -> None:
               help="Also write JUnit XML here: one test per defense and epsilon.")
 @click.option("--update-baseline", is_flag=True, help="Rewrite the baseline from this run (after showing the comparison).")
 @click.option("--alpha", type=float, default=None, help="One-sided significance level per comparison [default: 0.01].")
-@_friendly
+@friendly_errors
 def check(run_dir: Path, baseline: Path, junit: Path | None, update_baseline: bool, alpha: float | None) -> None:
     """Fail (exit 1) when worst-case robust accuracy fell significantly below the baseline."""
     from robench.reports.gate import ALPHA, check_run, diff_table

@@ -1,0 +1,62 @@
+"""Work units: the pieces an evaluation is cut into, and the two keys each one carries.
+
+A unit is an attack (or the diagnostic probes) on one defense at one epsilon, on a shard
+``[start, stop)`` of the selected examples. Its **seed key** names its randomness without the
+shard, so an example's attack does not depend on the shard size; its **store key** names its
+stored result and includes the shard.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: the pseudo-attack label of diagnostic-probe units
+PROBES = "(diagnostics)"
+
+
+@dataclass(frozen=True)
+class Unit:
+    defense: str
+    epsilon: float
+    attack: str  # an attack label of the suite, or PROBES
+    start: int
+    stop: int
+
+    @property
+    def seed_key(self) -> str:
+        """What the unit's per-example random streams derive from (no shard in it)."""
+        return f"{self.defense}|{float(self.epsilon)!r}|{self.attack}"
+
+    @property
+    def store_key(self) -> str:
+        """What the unit's stored result is named by (the seed key plus the shard)."""
+        return f"{self.seed_key}|{self.start}:{self.stop}"
+
+    @property
+    def is_probe(self) -> bool:
+        return self.attack == PROBES
+
+    @property
+    def n_examples(self) -> int:
+        return self.stop - self.start
+
+
+def shards(n: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
+
+
+def plan_units(
+    defenses: Iterable[str], epsilons: Iterable[float], attacks: Iterable[str], *, n_examples: int, shard_size: int,
+    diagnostics: bool,
+) -> list[Unit]:
+    """Every unit of a run, in the order results are assembled (never the order they finish)."""
+    cuts = shards(n_examples, shard_size)
+    labels, epsilons = list(attacks), list(epsilons)
+    units = []
+    for defense in defenses:
+        for epsilon in epsilons:
+            for label in labels:
+                units.extend(Unit(defense, epsilon, label, a, b) for a, b in cuts)
+            if diagnostics:
+                units.append(Unit(defense, epsilon, PROBES, 0, n_examples))
+    return units

@@ -1,0 +1,238 @@
+"""Names to objects: the data set, the model, the defended targets, the attacks, the threat models.
+
+Every check that can fail on the user's input happens here, before any unit runs: unknown names,
+bad parameters, an attack without a version for the norm, a model, defense or attack that does
+not support the data's kind of input (images or sequences), a defense that returns the wrong
+logits. A unit then only attacks.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robench.attacks.base import Attack
+from robench.cards import AttackSpec, DefenseCard, SuiteCard, all_defense_cards, load_defense_card, load_suite_card
+from robench.data import Dataset, load_dataset, n_features, select_examples
+from robench.errors import RobenchError
+from robench.registry import Entry
+from robench.registry import attacks as attack_registry
+from robench.registry import defenses as defense_registry
+from robench.registry import models as model_registry
+from robench.spec import EvalConfig, resolve_device
+from robench.target import check_logits, describe_inputs, input_kind, supports_input
+from robench.threat import ThreatModel
+
+log = logging.getLogger(__name__)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def accepts(fn: Any, name: str) -> bool:
+    """Whether ``fn`` takes a keyword ``name`` (or any keyword)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def call_factory(fn: Any, what: str, *args: Any, **params: Any) -> Any:
+    """Call a factory, turning a bad keyword into an error that lists the valid ones, and any
+    exception of user code into one line."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        valid = [n for n, p in signature.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)][len(args):]
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise RobenchError(f"{what}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(valid) or '(none)'}")
+    try:
+        return fn(*args, **params)
+    except RobenchError:
+        raise
+    except TypeError as exc:
+        raise RobenchError(f"{what}: bad parameters ({exc})") from None
+    except Exception as exc:  # user code that fails while building: a bad input, said in one line
+        raise RobenchError(f"{what} raised {one_line(exc)}; fix it or check its parameters") from None
+
+
+def _require_inputs(entry: Entry, what: str, kind: str, data: Dataset) -> None:
+    if not supports_input(entry.inputs, kind):
+        raise RobenchError(f"{what} supports {describe_inputs(entry.inputs)}, but data set {data.name!r} holds "
+                           f"{describe_inputs((kind,))}; choose another, or a data set it fits")
+
+
+def load_model(spec: str, data: Dataset) -> nn.Module:
+    """A registered zoo model, or ``package.module:callable`` returning a trained ``nn.Module``."""
+    entry = model_registry.entry(spec)
+    if ":" not in spec:
+        role = entry.extra.get("role", "classifier")
+        if role != "classifier":
+            hint = "use it through --defense pixeldefend" if role == "density" else f"attack {spec}-probe, a linear probe on it"
+            raise RobenchError(f"model {spec!r} is {'an' if role[0] in 'aeiou' else 'a'} {role}, not a classifier; {hint}")
+    _require_inputs(entry, f"model {spec!r}", input_kind(data.input_shape), data)
+    try:
+        model = entry.factory() if ":" in spec and not accepts(entry.factory, "data") else entry.factory(data)
+    except RobenchError:
+        raise
+    except Exception as exc:
+        raise RobenchError(f"model {spec!r} raised {one_line(exc)} while loading; fix the callable or its data") from None
+    if not isinstance(model, nn.Module):
+        raise RobenchError(f"model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def build_attack(spec: AttackSpec, max_batch: int | None = None) -> Attack:
+    factory = attack_registry.get(spec.attack)
+    params = dict(spec.params)
+    if max_batch is not None and "max_batch" not in params and accepts(factory, "max_batch"):
+        params["max_batch"] = max_batch
+    return call_factory(factory, f"attack {spec.label!r} ({spec.attack})", **params)
+
+
+def build_defense(card: DefenseCard, model: nn.Module, data: Dataset) -> nn.Module:
+    """``factory(model, **params)``; a factory that takes ``data`` also gets the data set."""
+    factory = defense_registry.get(card.factory)
+    params = dict(card.params)
+    if accepts(factory, "data") and "data" not in params:
+        params["data"] = data
+    target = call_factory(factory, f"defense {card.name!r} ({card.factory})", model, **params)
+    if not isinstance(target, nn.Module):
+        raise RobenchError(f"defense {card.name!r}: factory {card.factory!r} returned {type(target).__name__}, not an nn.Module")
+    if card.differentiable is not None:
+        target.differentiable = card.differentiable
+    if card.randomized is not None:
+        target.randomized = card.randomized
+    return target.eval()
+
+
+def attacked_model(card: DefenseCard, model_name: str) -> str:
+    """What a defense's rows call the model attacked: ``--model``, or, for a defense that trains a
+    model of its own (its factory declares ``own_model``), e.g. ``adv-trained(cnn)``."""
+    own = defense_registry.entry(card.factory).extra.get("own_model")
+    return f"{card.name}({own})" if own else model_name
+
+
+def defense_cards(names: tuple[str, ...], data: Dataset) -> list[DefenseCard]:
+    """The named cards (each must fit the data), or the default set: every card that fits."""
+    kind = input_kind(data.input_shape)
+    if names:
+        cards = [load_defense_card(spec) for spec in names]
+        for card in cards:
+            _require_inputs(defense_registry.entry(card.factory), f"defense {card.name!r} ({card.factory})", kind, data)
+    else:
+        every = all_defense_cards(default_only=True)
+        cards = [c for c in every if supports_input(defense_registry.entry(c.factory).inputs, kind)]
+        skipped = [c.name for c in every if c not in cards]
+        if skipped:
+            log.info("default defenses that do not fit %s inputs, skipped: %s", kind, ", ".join(skipped))
+    if not cards:
+        raise RobenchError(f"no defense cards fit data set {data.name!r}; pass --defense NAME|PATH")
+    names_seen = [c.name for c in cards]
+    if len(set(names_seen)) != len(names_seen):
+        raise RobenchError(f"defense names must be distinct, got {', '.join(names_seen)}")
+    return cards
+
+
+def suite_attacks(suite: SuiteCard, config: EvalConfig, data: Dataset) -> dict[str, tuple[AttackSpec, Attack]]:
+    """The suite's attacks, built, each checked against the norm and the data's kind of input."""
+    built = {spec.label: (spec, build_attack(spec, config.max_batch)) for spec in suite.attacks}
+    unsupported = [label for label, (_, attack) in built.items() if not attack.supports(config.norm)]
+    if unsupported:
+        raise RobenchError(f"suite {suite.name!r}: attack(s) {', '.join(unsupported)} have no {config.norm} version; "
+                           f"use --norm {'l2' if config.norm == 'linf' else 'linf'} or drop them from the suite")
+    kind = input_kind(data.input_shape)
+    for label, (_, attack) in built.items():
+        if not supports_input(attack.inputs, kind):
+            raise RobenchError(f"suite {suite.name!r}: attack {label!r} supports {describe_inputs(attack.inputs)}, but data "
+                               f"set {data.name!r} holds {describe_inputs((kind,))}; drop it from the suite")
+    return built
+
+
+@dataclass
+class Context:
+    """What every unit of a run needs, resolved once per process from the configuration."""
+
+    config: EvalConfig
+    data: Dataset
+    x: Tensor
+    y: Tensor
+    ids: Tensor
+    device: torch.device
+    model: nn.Module
+    cards: dict[str, DefenseCard]
+    suite: SuiteCard
+    attacks: dict[str, tuple[AttackSpec, Attack]]
+    threats: dict[float, ThreatModel]
+    max_batch: int
+    #: per defense, what its rows call the model attacked
+    models: dict[str, str] = field(default_factory=dict)
+    _targets: dict[str, nn.Module] = field(default_factory=dict)
+
+    def target(self, defense: str) -> nn.Module:
+        """The defended target, built on first use (a Ray worker builds only the ones it attacks)."""
+        if defense not in self._targets:
+            self._targets[defense] = build_defense(self.cards[defense], self.model, self.data).to(self.device)
+        return self._targets[defense]
+
+    @property
+    def gradient_free(self) -> list[str]:
+        return [label for label, (_, attack) in self.attacks.items() if attack.gradient_free]
+
+
+def build_context(config: EvalConfig, *, model: nn.Module | None = None, data: Dataset | None = None) -> Context:
+    """Resolve and validate everything named by ``config`` (``model`` and ``data`` objects, when
+    given, stand in for the names: ``robench.evaluate`` passes them), before any attack runs."""
+    if config.n_examples < 1:
+        raise RobenchError(f"--n-examples must be >= 1, got {config.n_examples}")
+    if config.shard_size < 1:
+        raise RobenchError(f"--shard-size must be >= 1, got {config.shard_size}")
+    data = load_dataset(config.dataset) if data is None else data
+    cards = defense_cards(config.defenses, data)
+    suite = load_suite_card(config.suite)
+    attacks = suite_attacks(suite, config, data)
+    threats = {float(e): ThreatModel(config.norm, float(e), data.bounds) for e in config.epsilons}  # type: ignore[arg-type]
+    for threat in threats.values():
+        threat.check_input_size(n_features(data.input_shape))
+    x, y, ids = select_examples(data, config.n_examples)
+    device = resolve_device(config.device)
+    model = (load_model(config.model, data) if model is None else model.eval()).to(device)
+    return Context(config, data, x, y, ids, device, model, {c.name: c for c in cards}, suite, attacks, threats,
+                   config.max_batch or 4096, models={c.name: attacked_model(c, config.model) for c in cards})
+
+
+@torch.no_grad()
+def _n_classes(target: nn.Module, x: Tensor) -> int:
+    return int(check_logits(target(x), len(x)).shape[1])
+
+
+def validate_targets(ctx: Context) -> None:
+    """Build every defense and check its outputs on two examples: wrong shapes or NaN fail now."""
+    top_label = max(int(ctx.data.y_test.max()), int(ctx.data.y_train.max()) if len(ctx.data.y_train) else 0)
+    for name in ctx.cards:
+        target = ctx.target(name)
+        try:
+            n_classes = _n_classes(target, ctx.x[:2].to(ctx.device))
+        except RobenchError:
+            raise
+        except Exception as exc:
+            raise RobenchError(
+                f"defense {name!r} on model {ctx.config.model!r} raised {one_line(exc)} on two test inputs of shape "
+                f"{tuple(ctx.x.shape[1:])}; check that the model fits the data set"
+            ) from None
+        if top_label >= n_classes:
+            raise RobenchError(
+                f"labels go up to {top_label} but defense {name!r} on model {ctx.config.model!r} has {n_classes} "
+                "outputs; use a model trained for this data set"
+            )

@@ -1,0 +1,177 @@
+"""One work unit, start to finish: clean predictions, attack, verify, one row per example.
+
+Each attack unit attacks only the examples its defense classifies correctly (AutoAttack's
+convention: an example already misclassified is already broken) and counts a break only through
+``verify.attack_and_verify``. A probe unit runs the diagnostics' small extra attacks the same way.
+Randomness comes from per-example seeds derived from the run seed and the unit's seed key, and a
+randomized defense's draws are restarted per unit and shard (``target.reseed``) inside a forked
+RNG state, so a unit's rows do not depend on what else runs, in which order, or where.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from robench import rng
+from robench.attacks.adaptive import adaptive_target, needs_adaptation
+from robench.attacks.base import Attack
+from robench.cards import AttackSpec
+from robench.plan import Unit
+from robench.resolve import Context, build_context, one_line
+from robench.schema import EXAMPLE_COLUMNS
+from robench.spec import EvalConfig
+from robench.target import is_randomized, reseed
+from robench.verify import PREDICTION_DRAWS, attack_and_verify, predict_correct
+
+log = logging.getLogger(__name__)
+
+#: gradient draws averaged by EOT for randomized targets, unless a suite entry says otherwise
+DEFAULT_EOT_SAMPLES = 10
+#: EOT draws in the diagnostic probes of randomized targets
+PROBE_EOT_SAMPLES = 4
+#: adversarial examples kept per unit for the report's image grid
+ADVERSARIAL_SAMPLES = 4
+
+
+@dataclass
+class UnitResult:
+    unit: Unit
+    rows: pd.DataFrame | None = None
+    adversarial: dict[str, np.ndarray] | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    queries: int = 0
+
+
+def _reseed(ctx: Context, unit: Unit, purpose: str, target: nn.Module) -> None:
+    reseed(target, rng.derive_seed(ctx.config.seed, purpose, unit.defense, unit.start, unit.stop))
+
+
+def clean_predictions(ctx: Context, unit: Unit) -> tuple[Tensor, Tensor, int]:
+    """Clean correctness and margin of a shard (majority over draws for randomized targets).
+
+    Seeded by (defense, shard) alone, so every attack and epsilon of a shard agrees on which
+    examples were correct to begin with.
+    """
+    target = ctx.target(unit.defense)
+    _reseed(ctx, unit, "clean", target)
+    draws = PREDICTION_DRAWS if is_randomized(target) else 1
+    x = ctx.x[unit.start:unit.stop].to(ctx.device)
+    y = ctx.y[unit.start:unit.stop].to(ctx.device)
+    correct, margin = predict_correct(target, x, y, draws=draws, max_batch=ctx.max_batch)
+    return correct.cpu(), margin.cpu(), draws
+
+
+def gradient_view(target: nn.Module, attack: Attack, spec: AttackSpec) -> nn.Module:
+    """Gradient attacks see BPDA/EOT gradients where the target masks or randomizes them."""
+    if attack.gradient_free or not spec.adaptive or not needs_adaptation(target):
+        return target
+    return adaptive_target(target, eot_samples=spec.eot_samples or DEFAULT_EOT_SAMPLES)
+
+
+def run_attack_unit(ctx: Context, unit: Unit) -> UnitResult:
+    """Attack the clean-correct examples of a shard, verify every proposal, one row per example."""
+    started = time.perf_counter()
+    spec, attack = ctx.attacks[unit.attack]
+    target = ctx.target(unit.defense)
+    threat = ctx.threats[unit.epsilon]
+    clean_correct, clean_margin, draws = clean_predictions(ctx, unit)
+    x, y, ids = ctx.x[unit.start:unit.stop], ctx.y[unit.start:unit.stop], ctx.ids[unit.start:unit.stop]
+    n = len(x)
+    broken = ~clean_correct.clone()
+    rejected = torch.zeros(n, dtype=torch.bool)
+    queries = torch.zeros(n, dtype=torch.long)
+    distance = torch.zeros(n)
+    margins = clean_margin.detach().float().clone()
+    adversarial = None
+    todo = clean_correct.nonzero().flatten()
+    if len(todo):
+        _reseed(ctx, unit, f"attack|{unit.seed_key}", target)
+        xs, ys = x[todo].to(ctx.device), y[todo].to(ctx.device)
+        seeds = rng.example_seeds(ctx.config.seed, unit.seed_key, ids[todo]).to(ctx.device)
+        result, check = attack_and_verify(attack, target, xs, ys, threat, seeds=seeds,
+                                          attack_target=gradient_view(target, attack, spec), draws=draws,
+                                          max_batch=ctx.max_batch)
+        broken[todo] = check.broken.cpu()
+        rejected[todo] = check.rejected.cpu()
+        queries[todo] = result.queries.cpu()
+        distance[todo] = check.distance.float().cpu()
+        margins[todo] = check.margin.float().cpu()
+        keep = check.broken.nonzero().flatten()[:ADVERSARIAL_SAMPLES].cpu()
+        if len(keep):
+            adversarial = {
+                "example": ids[todo][keep].numpy(),
+                "x": xs[keep.to(xs.device)].float().cpu().numpy(),
+                "x_adv": result.x_adv[keep.to(xs.device)].detach().float().cpu().numpy(),
+            }
+    seconds = time.perf_counter() - started
+    rows = pd.DataFrame({
+        "defense": unit.defense, "model": ctx.models.get(unit.defense, ctx.config.model), "dataset": ctx.data.name,
+        "norm": threat.norm, "epsilon": threat.epsilon, "attack": unit.attack,
+        "example": ids.numpy(), "label": y.numpy(), "clean_correct": clean_correct.numpy(), "broken": broken.numpy(),
+        "rejected": rejected.numpy(), "queries": queries.numpy(), "distance": distance.numpy(),
+        "margin": margins.numpy(), "draws": draws, "seconds": seconds / max(n, 1),
+    }, columns=list(EXAMPLE_COLUMNS))
+    return UnitResult(unit, rows, adversarial, seconds=seconds, queries=int(queries.sum()))
+
+
+def run_probe_unit(ctx: Context, unit: Unit) -> UnitResult:
+    """The diagnostic probes of one (defense, epsilon): small extra attacks that expose masking."""
+    from robench.diagnostics import diagnostics_frame, probe_checks
+
+    started = time.perf_counter()
+    target = ctx.target(unit.defense)
+    threat = ctx.threats[unit.epsilon]
+    clean_correct, _, _ = clean_predictions(ctx, unit)
+    _reseed(ctx, unit, f"probe|{unit.seed_key}", target)
+    randomized = is_randomized(target)
+    attack_target = target
+    if needs_adaptation(target):
+        # EOT with fewer draws than the suite's: the probes ask "is something off?", cheaply
+        attack_target = adaptive_target(target, eot_samples=PROBE_EOT_SAMPLES if randomized else 1)
+    found = probe_checks(
+        defense=unit.defense, target=target, attack_target=attack_target, undefended=ctx.model,
+        x=ctx.x[clean_correct].to(ctx.device), y=ctx.y[clean_correct].to(ctx.device), threat=threat,
+        ids=ctx.ids[clean_correct], clean_correct=torch.ones(int(clean_correct.sum()), dtype=torch.bool),
+        seed=rng.derive_seed(ctx.config.seed, unit.seed_key), max_batch=ctx.max_batch,
+        n_examples=16 if randomized else 32,
+    )
+    return UnitResult(unit, diagnostics_frame(found), seconds=time.perf_counter() - started)
+
+
+def execute_unit(ctx: Context, unit: Unit) -> UnitResult:
+    """Run one unit in this process, leaving the caller's global RNG state as it was. A unit that
+    raises is returned as failed, with its error: the rest of the run goes on, and the report
+    says which units failed."""
+    devices = [ctx.device] if ctx.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            return run_probe_unit(ctx, unit) if unit.is_probe else run_attack_unit(ctx, unit)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a defense or attack that raises mid-run: record, don't crash the run
+        log.debug("unit %s failed", unit.store_key, exc_info=True)
+        return UnitResult(unit, error=one_line(exc))
+
+
+#: a worker process's context, rebuilt only when a task of another configuration arrives
+_WORKER_CONTEXT: dict[EvalConfig, Context] = {}
+
+
+def execute_in_worker(config: EvalConfig, unit: Unit) -> UnitResult:
+    """``execute_unit`` in a worker process (Ray) that has only the configuration: the context is
+    built once per worker and kept for its next units. Never called in the caller's process."""
+    try:
+        if config not in _WORKER_CONTEXT:
+            _WORKER_CONTEXT.clear()
+            _WORKER_CONTEXT[config] = build_context(config)
+        ctx = _WORKER_CONTEXT[config]
+    except Exception as exc:
+        return UnitResult(unit, error=one_line(exc))
+    return execute_unit(ctx, unit)

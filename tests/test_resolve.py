@@ -1,0 +1,102 @@
+"""Resolution (robench/resolve.py): capabilities are declared and checked before anything runs,
+and rows name the model that was actually attacked."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import robench
+from robench_testing import TINY_SUITE, write_suite
+from robench.cards import load_defense_card
+from robench.errors import RobenchError
+from robench.registry import defenses, load_builtins
+from robench.resolve import attacked_model, defense_cards
+from robench.data import Dataset
+from robench.target import IMAGE, SEQUENCE, input_kind
+
+load_builtins()
+
+
+class SignalNet(nn.Module):
+    """A fixed 1-D conv net on N x 1 x 12 sequences: three classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv1d(1, 4, 3)
+        self.linear = nn.Linear(4 * 10, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.relu(self.conv(x)).flatten(1))
+
+
+def _sequences(n: int = 10):
+    model = SignalNet().eval()
+    x = torch.rand(n, 1, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def _sequence_data() -> Dataset:
+    _, x, y = _sequences()
+    return Dataset("signals", x[:0], y[:0], x, y, num_classes=3)
+
+
+def test_input_kind_by_rank():
+    assert input_kind((1, 8, 8)) == IMAGE and input_kind((1, 40)) == SEQUENCE
+    with pytest.raises(RobenchError, match="neither images"):
+        input_kind((5,))
+
+
+def test_a_sequence_model_is_evaluated_end_to_end(tmp_path):
+    model, x, y = _sequences()
+    evaluation = robench.evaluate(model, x, y, defenses=("none", "bit-depth-3"), suite=write_suite(tmp_path, TINY_SUITE),
+                                  epsilons=(0.1,), diagnostics=False)
+    worst = evaluation.results[evaluation.results.attack == "worst-case"]
+    assert set(worst["defense"]) == {"none", "bit-depth-3"} and (worst["n_examples"] == len(x)).all()
+
+
+def test_an_image_defense_named_for_sequences_is_refused_before_running(tmp_path):
+    model, x, y = _sequences()
+    with pytest.raises(RobenchError, match=r"defense 'jpeg-75' \(jpeg\) supports images .* holds sequences"):
+        robench.evaluate(model, x, y, defenses=("none", "jpeg-75"), suite=write_suite(tmp_path, TINY_SUITE),
+                         diagnostics=False)
+
+
+def test_an_image_attack_in_the_suite_is_refused_for_sequences(tmp_path):
+    model, x, y = _sequences()
+    suite = write_suite(tmp_path, 'name = "sq"\n[[attack]]\nattack = "square"\n[attack.params]\nqueries = 5\n')
+    with pytest.raises(RobenchError, match="attack 'square' supports images"):
+        robench.evaluate(model, x, y, suite=suite, diagnostics=False)
+
+
+def test_the_default_defense_set_is_what_fits_the_data():
+    sequence_defenses = {c.name for c in defense_cards((), _sequence_data())}
+    assert "none" in sequence_defenses and "bit-depth-3" in sequence_defenses
+    assert not sequence_defenses & {"jpeg-75", "random-resize-pad", "thermometer-16", "adv-trained", "lipschitz"}
+
+
+def test_an_image_zoo_model_is_refused_for_sequences(tmp_path):
+    from robench.resolve import load_model
+
+    with pytest.raises(RobenchError, match="model 'cnn' supports images"):
+        load_model("cnn", _sequence_data())
+
+
+def test_rows_name_the_model_a_defense_trained_for_itself():
+    assert defenses.entry("adversarial_training").extra.get("own_model") == "cnn"
+    assert attacked_model(load_defense_card("adv-trained"), "cnn") == "adv-trained(cnn)"
+    assert attacked_model(load_defense_card("bit-depth-3"), "cnn") == "cnn"
+
+
+def test_evaluate_leaves_the_callers_rng_state_unchanged(tmp_path):
+    model, x, y = _sequences()
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    robench.evaluate(model, x, y, defenses=("none",), suite=write_suite(tmp_path, TINY_SUITE), diagnostics=True)
+    assert torch.equal(torch.get_rng_state(), before), "robench.evaluate must not touch the global torch RNG"
