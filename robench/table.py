@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from robench.risk import WORST_CASE
+from robench.schema import WORST_CASE
 
 
 def summary_table(results: pd.DataFrame) -> str:

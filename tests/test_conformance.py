@@ -15,6 +15,7 @@ from torch import nn
 from robench import rng
 from robench.errors import RobenchError
 from robench.registry import attacks, load_builtins
+from robench.target import is_differentiable, is_randomized
 from robench.threat import ThreatModel
 
 load_builtins()
@@ -94,6 +95,74 @@ def test_attack_contract(toy, name, norm):
 
     _, alone = _run(name, norm, model, x[2:3], y[2:3], ids[2:3])
     assert torch.allclose(alone.x_adv, result.x_adv[2:3], atol=1e-5), "an example's proposal must not depend on its batch"
+
+
+def _defense_cards():
+    """Every registered defense card (defenses/*.toml and any on the card path), on each kind of
+    input its factory declares: no hand-written list."""
+    from robench.cards import all_defense_cards
+    from robench.registry import defenses
+    from robench.target import supports_input
+
+    for card in all_defense_cards():
+        slow = [pytest.mark.slow] if not card.default else []  # cards that opt out of the default set are slow
+        for kind in ("image", "sequence"):
+            if supports_input(defenses.entry(card.factory).inputs, kind):
+                yield pytest.param(card, kind, id=f"{card.name}-{kind}", marks=slow)
+
+
+class ToySignalNet(nn.Module):
+    """Three classes from 1 x 12 sequences."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv1d(1, 4, 3)
+        self.linear = nn.Linear(4 * 10, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.relu(self.conv(x)).flatten(1))
+
+
+def _toy_data(kind: str):
+    """A tiny data set labelled by a toy model: images 1 x 6 x 6 or sequences 1 x 12."""
+    from robench.data import Dataset
+
+    model = (ToyCNN() if kind == "image" else ToySignalNet()).eval()
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(48, 1, 6, 6, generator=generator) if kind == "image" else torch.rand(48, 1, 12, generator=generator)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, Dataset(f"toy-{kind}", x[:36], y[:36], x[36:], y[36:], num_classes=3)
+
+
+@pytest.mark.parametrize("card, kind", list(_defense_cards()))
+def test_defense_card_contract(card, kind):
+    """Each card builds on a model and data set of a kind it declares; logits of the right shape and
+    finite; flags are booleans (as the card says, where it says); BPDA/EOT give a usable gradient."""
+    from robench.attacks.adaptive import adaptive_target
+    from robench.resolve import build_defense
+
+    model, data = _toy_data(kind)
+    target = build_defense(card, model, data)
+    x, y = data.x_test[:6], data.y_test[:6]
+    with torch.no_grad():
+        logits = target(x)
+    assert logits.shape == (len(x), 3) and torch.isfinite(logits).all()
+    assert isinstance(is_differentiable(target), bool) and isinstance(is_randomized(target), bool)
+    if card.differentiable is not None:
+        assert is_differentiable(target) is card.differentiable
+    if card.randomized is not None:
+        assert is_randomized(target) is card.randomized
+    attackable = adaptive_target(target, eot_samples=2)
+    x_grad = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(attackable(x_grad), y).backward()
+    assert x_grad.grad is not None and torch.isfinite(x_grad.grad).all()
+    if not is_differentiable(target):
+        assert x_grad.grad.abs().sum() > 0, "BPDA must give a non-zero gradient where the raw one is masked"
 
 
 def _untrained_defense_factories():

@@ -38,6 +38,13 @@ def plain(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
+def tidy(ax) -> None:
+    """A light grid and no top or right spine: the look of every panel of a report."""
+    ax.grid(True, alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
 def colors(defenses: Sequence[str]) -> dict[str, str]:
     return {d: PALETTE[i % len(PALETTE)] for i, d in enumerate(defenses)}
 
@@ -59,13 +66,11 @@ def _draw_curves(ax, curves: pd.DataFrame, palette: dict[str, str], title: str) 
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("epsilon")
     ax.set_ylim(-0.03, 1.03)
-    ax.grid(True, alpha=0.3)
+    tidy(ax)
     ax.set_xticks(epsilons)
     ax.set_xticklabels([f"{e:g}" for e in epsilons])
     if len(epsilons) == 1:
         ax.set_xlim(epsilons[0] * 0.5 if epsilons[0] else -1, epsilons[0] * 1.5 if epsilons[0] else 1)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
 
 
 def robust_accuracy_figure(curves: pd.DataFrame, palette: dict[str, str]) -> str:

@@ -32,15 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy import stats
 
 from robench.errors import RobenchError
 from robench.io import atomic_write_text
-from robench.reports.rundir import WORST_CASE, RunFiles, load_run
+from robench.reports.rundir import RunFiles, load_run
+from robench.schema import KEYS, WORST_CASE
+from robench.stats import fisher_one_sided
 
 #: one-sided significance level per (defense, epsilon) comparison
 ALPHA = 0.01
-KEY = ("defense", "model", "dataset", "norm", "epsilon")
+#: what identifies one row of the gate: (defense, model, dataset, norm, epsilon)
+KEY = KEYS
 BASELINE_COLUMNS = (*KEY, "suite", "n_examples", "robust", "robust_accuracy")
 #: statuses that make the gate fail
 FAILING = ("regression", "missing", "failed")
@@ -86,14 +88,12 @@ class GateResult:
 
 def regression_p_value(run_robust: int, run_n: int, baseline_robust: int, baseline_n: int) -> float:
     """One-sided Fisher exact p-value of H1: the run's robust rate is below the baseline's."""
-    table = [[run_robust, run_n - run_robust], [baseline_robust, baseline_n - baseline_robust]]
-    return float(stats.fisher_exact(table, alternative="less").pvalue)
+    return fisher_one_sided(run_robust, run_n, baseline_robust, baseline_n, alternative="less")
 
 
 def improvement_p_value(run_robust: int, run_n: int, baseline_robust: int, baseline_n: int) -> float:
     """One-sided Fisher exact p-value of H1: the run's robust rate is above the baseline's."""
-    table = [[run_robust, run_n - run_robust], [baseline_robust, baseline_n - baseline_robust]]
-    return float(stats.fisher_exact(table, alternative="greater").pvalue)
+    return fisher_one_sided(run_robust, run_n, baseline_robust, baseline_n, alternative="greater")
 
 
 def _key(row: Any) -> tuple[str, str, str, str, float]:
@@ -115,7 +115,7 @@ def baseline_from_run(run: RunFiles) -> pd.DataFrame:
         "robust": worst["robust"].astype(int).to_numpy(),
     })
     frame["robust_accuracy"] = (frame["robust"] / frame["n_examples"]).round(6)
-    return frame.sort_values(["defense", "model", "dataset", "norm", "epsilon"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(list(KEY), kind="stable").reset_index(drop=True)
 
 
 def read_baseline(path: str | Path) -> pd.DataFrame:

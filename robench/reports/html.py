@@ -16,12 +16,17 @@ import pandas as pd
 
 from robench.io import atomic_write_text
 from robench.reports import figures, images
-from robench.reports.rundir import REPORT, WORST_CASE, RunFiles, load_run
+from robench.reports.rundir import RunFiles, load_run
+from robench.risk import as_bool, worst_case_examples
+from robench.schema import KEYS, REPORT, WORST_CASE
+from robench.stats import clopper_pearson
 
 log = logging.getLogger(__name__)
 
-#: attack names known to be gradient-free when run.json predates the ``gradient_free`` flag
-GRADIENT_FREE_NAMES = ("spsa", "square")
+#: how the report names an attack's kind; whether an attack is gradient-free is read from run.json's
+#: ``suite.attacks[*].gradient_free`` alone, never guessed from the attack's name
+KIND_FREE, KIND_GRADIENT = "gradient-free", "gradient"
+KIND_UNRECORDED = "gradient (not recorded in run.json)"
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -54,6 +59,11 @@ def _pairs(results: pd.DataFrame) -> list[tuple[str, float]]:
 
 
 def _suite_attacks(run: RunFiles) -> list[dict[str, Any]]:
+    """The suite's attacks in run order, each with its ``gradient_free`` flag as run.json records it.
+
+    An attack whose entry lacks a boolean flag (an older run.json, or a label only results.csv
+    names) counts as a gradient attack, with ``recorded`` false so that the page says so.
+    """
     listed = (run.run.get("suite") or {}).get("attacks") or []
     labels = [a for a in dict.fromkeys(run.results["attack"].astype(str)) if a != WORST_CASE]
     by_label = {str(a.get("label")): a for a in listed if isinstance(a, dict)}
@@ -63,11 +73,12 @@ def _suite_attacks(run: RunFiles) -> list[dict[str, Any]]:
             continue
         entry = by_label.get(label, {})
         name = str(entry.get("attack", label))
-        free = entry.get("gradient_free")
-        if free is None:
-            free = name.lower() in GRADIENT_FREE_NAMES or label.lower() in GRADIENT_FREE_NAMES
-        attacks.append({"label": label, "attack": name, "repr": str(entry.get("repr", "")), "gradient_free": bool(free),
-                        "in_results": label in labels})
+        flag = entry.get("gradient_free")
+        recorded = isinstance(flag, (bool, np.bool_))
+        free = recorded and bool(flag)
+        kind = KIND_FREE if free else KIND_GRADIENT if recorded else KIND_UNRECORDED
+        attacks.append({"label": label, "attack": name, "repr": str(entry.get("repr", "")), "gradient_free": free,
+                        "recorded": recorded, "kind": kind, "in_results": label in labels})
     return attacks
 
 
@@ -123,18 +134,15 @@ def _curves(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _gradient_only(run: RunFiles, gradient_labels: list[str]) -> tuple[pd.DataFrame, str]:
-    """Per (defense, epsilon): robust accuracy when only the gradient attacks count."""
-    from robench.risk import clopper_pearson
+    """Per cell (defense, epsilon, ...): robust accuracy when only the gradient attacks count.
 
+    The per-example worst case over those attacks is robench.risk's, the interval robench.stats'.
+    """
     examples = run.examples
     if examples is not None and len(examples):
-        rows = examples[examples["attack"].astype(str).isin(gradient_labels)].copy()
-        rows["broken"] = rows["broken"].astype(str).str.lower().isin(["true", "1"])
-        rows["clean_correct"] = rows["clean_correct"].astype(str).str.lower().isin(["true", "1"])
-        per_example = rows.groupby(["defense", "epsilon", "example"], sort=False).agg(
-            clean_correct=("clean_correct", "first"), broken=("broken", "max")).reset_index()
-        per_example["robust"] = per_example["clean_correct"] & ~per_example["broken"]
-        table = per_example.groupby(["defense", "epsilon"], sort=False).agg(
+        per_example = worst_case_examples(examples, attacks=gradient_labels)
+        keys = [k for k in KEYS if k in per_example.columns]
+        table = per_example.groupby(keys, sort=False, dropna=False).agg(
             robust=("robust", "sum"), n=("example", "size")).reset_index()
         low, high = clopper_pearson(table["robust"], table["n"])
         table["robust_accuracy"] = table["robust"] / table["n"]
@@ -159,21 +167,28 @@ def _figures(run: RunFiles, attacks: list[dict[str, Any]], palette: dict[str, st
     gradient = [a["label"] for a in attacks if not a["gradient_free"] and a["in_results"]]
     if gradient:
         curves, title = _gradient_only(run, gradient)
+        unrecorded = [a["label"] for a in attacks if not a["recorded"] and a["in_results"]]
         found.append({
             "title": "Gradient attacks vs. the worst case",
             "caption": f"Left: only {', '.join(gradient)} count; right: every attack. A defense far higher on the left "
                        "than on the right resists gradients but not a gradient-free attack: gradient masking "
-                       "(Uesato et al. 2018, Sec. 5).",
+                       "(Uesato et al. 2018, Sec. 5)." + (f" {_unrecorded_sentence(unrecorded)}" if unrecorded else ""),
             "src": figures.gradient_vs_worst_figure(curves, _curves(worst), palette, gradient_title=title),
         })
     return found
 
 
-def _image_grids(run: RunFiles) -> list[dict[str, str]]:
+def _unrecorded_sentence(labels: list[str]) -> str:
+    return (f"run.json does not record whether {', '.join(labels)} use{'s' if len(labels) == 1 else ''} gradients: "
+            "the report counts them as gradient attacks and guesses nothing from their names.")
+
+
+def _image_grids(run: RunFiles) -> list[dict[str, Any]]:
     arrays = run.adversarial
     if not arrays or not len(arrays["example"]):
         return []
     grids = []
+    kind = images.kind_of(arrays["x"])
     order = {pair: i for i, pair in enumerate(_pairs(run.results))}
     keys = list(dict.fromkeys(zip(arrays["defense"].tolist(), np.asarray(arrays["epsilon"], float).tolist())))
     keys.sort(key=lambda k: order.get(k, len(order)))
@@ -185,8 +200,8 @@ def _image_grids(run: RunFiles) -> list[dict[str, str]]:
         titles = [f"#{int(arrays['example'][i])} · {arrays['attack'][i]}" for i in index]
         grids.append({
             "defense": defense, "epsilon": f"{epsilon:g}",
-            "src": images.image_grid(arrays["x"][index], arrays["x_adv"][index], titles),
-            "count": len(index),
+            "src": images.example_grid(arrays["x"][index], arrays["x_adv"][index], titles),
+            "count": len(index), "kind": kind,
         })
     return grids
 
@@ -197,7 +212,9 @@ def _check_sentences() -> dict[str, str]:
     except Exception as exc:  # the module is optional here: the report falls back to each row's detail
         log.debug("diagnostics explanations unavailable: %s", exc)
         return {}
-    return dict(CHECKS)
+    # a check's sentence is the registry's value itself, or its ``sentence`` attribute
+    return {str(name): value if isinstance(value, str) else str(getattr(value, "sentence", "") or "")
+            for name, value in dict(CHECKS).items()}
 
 
 def _diagnostics(run: RunFiles) -> dict[str, Any] | None:
@@ -206,8 +223,9 @@ def _diagnostics(run: RunFiles) -> dict[str, Any] | None:
         return None
     sentences = _check_sentences()
     rows = []
+    frame = frame.assign(fired=as_bool(frame["fired"]))
     for record in frame.to_dict("records"):
-        fired = str(record.get("fired")).lower() in ("true", "1")
+        fired = bool(record["fired"])
         detail = record.get("detail")
         detail = "" if detail is None or (isinstance(detail, float) and np.isnan(detail)) else str(detail)
         rows.append({"defense": str(record["defense"]), "epsilon": f"{float(record['epsilon']):g}",
@@ -279,6 +297,7 @@ def _metadata(run: RunFiles) -> dict[str, Any]:
 def report_context(run: RunFiles) -> dict[str, Any]:
     """Everything the template shows, already formatted (numbers stay numbers until here)."""
     attacks = _suite_attacks(run)
+    unrecorded = [a["label"] for a in attacks if not a["recorded"]]
     defenses = list(dict.fromkeys(run.results["defense"].astype(str)))
     palette = figures.colors(defenses)
     meta = _metadata(run)
@@ -289,6 +308,7 @@ def report_context(run: RunFiles) -> dict[str, Any]:
         "run_name": run.path.resolve().name,
         "attacks": [a for a in attacks if a["in_results"]],
         "suite_attacks": attacks,
+        "unrecorded": _unrecorded_sentence(unrecorded) if unrecorded else "",
         "headline": _headline(run, [a for a in attacks if a["in_results"]]),
         "figures": _figures(run, attacks, palette),
         "grids": _image_grids(run),

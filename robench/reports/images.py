@@ -1,8 +1,9 @@
-"""The report's image grid: clean, adversarial and perturbation images of a few broken examples.
+"""The report's grid of broken examples: clean input, adversarial input and the perturbation.
 
 Seeing the perturbation is the quickest sanity check of an evaluation: it must stay inside the
 threat model's ball, and an attack that "succeeds" with an invisible or saturated change is worth
-a second look.
+a second look. Images (C x H x W per example) are drawn as pictures, sequences (C x L) as small
+line plots of the clean and the adversarial signal over the perturbation.
 """
 from __future__ import annotations
 
@@ -10,10 +11,34 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from robench.reports.figures import new_figure, plain, to_data_uri
+from robench.reports.figures import new_figure, plain, tidy, to_data_uri
 
 #: broken examples shown per (defense, epsilon)
 MAX_EXAMPLES = 6
+#: channels drawn per sequence (the rest are left out, and the title says so)
+MAX_CHANNELS = 3
+#: what one stored example is, by the rank of the N x ... array it sits in
+SEQUENCE, IMAGE = "sequence", "image"
+#: line colours of the channels of a sequence: clean solid, adversarial dashed in the same hue
+CHANNEL_COLORS = ("#1d2330", "#2f6fdf", "#1e7d46")
+ADVERSARIAL_COLOR = "#c0392b"
+
+
+def kind_of(x: np.ndarray) -> str:
+    """``"sequence"`` for N x C x L, ``"image"`` for N x C x H x W (robench.reports.rundir checks the rank)."""
+    ndim = np.ndim(x)
+    if ndim == 3:
+        return SEQUENCE
+    if ndim == 4:
+        return IMAGE
+    raise ValueError(f"adversarial examples must be N x C x L or N x C x H x W, got {ndim} dimensions")
+
+
+def example_grid(x: np.ndarray, x_adv: np.ndarray, titles: Sequence[str]) -> str:
+    """The grid for a few examples of either kind, as a PNG data URI."""
+    if kind_of(x) == SEQUENCE:
+        return sequence_grid(x, x_adv, titles)
+    return image_grid(x, x_adv, titles)
 
 
 def _as_image(x: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -53,4 +78,52 @@ def image_grid(x: np.ndarray, x_adv: np.ndarray, titles: Sequence[str]) -> str:
             axes[i, j].set_yticks([])
     for i, name in enumerate(rows):
         axes[i, 0].set_ylabel(name, fontsize=8)
+    return to_data_uri(figure)
+
+
+def sequence_grid(x: np.ndarray, x_adv: np.ndarray, titles: Sequence[str]) -> str:
+    """Two rows and one column per example, as a PNG data URI: the clean signal (solid) and the
+    adversarial one (dashed, red for one channel) over the positions, and below them the
+    perturbation, on a scale symmetric about zero shared by every example.
+
+    At most ``MAX_CHANNELS`` channels are drawn per example; the first example's title says when
+    more were left out.
+    """
+    x, x_adv = np.asarray(x, dtype=np.float32)[:MAX_EXAMPLES], np.asarray(x_adv, dtype=np.float32)[:MAX_EXAMPLES]
+    n, channels, length = x.shape
+    shown = min(channels, MAX_CHANNELS)
+    delta = x_adv - x
+    scale = float(np.abs(delta[:, :shown]).max()) or 1.0
+    low = float(min(x[:, :shown].min(), x_adv[:, :shown].min()))
+    high = float(max(x[:, :shown].max(), x_adv[:, :shown].max()))
+    pad = 0.05 * ((high - low) or 1.0)
+    positions = np.arange(length)
+    figure = new_figure(1.6 * max(n, 2) + 0.6, 3.2)
+    axes = np.asarray(figure.subplots(2, n, squeeze=False, gridspec_kw={"height_ratios": (2, 1)}))
+    for j in range(n):
+        signal, perturbation = axes[0, j], axes[1, j]
+        for c in range(shown):
+            color = CHANNEL_COLORS[c % len(CHANNEL_COLORS)]
+            adversarial = ADVERSARIAL_COLOR if shown == 1 else color
+            signal.plot(positions, x[j, c], color=color, linewidth=1.0, label="clean" if c == 0 else None)
+            signal.plot(positions, x_adv[j, c], color=adversarial, linewidth=1.0, linestyle="--", alpha=0.9,
+                        label="adversarial" if c == 0 else None)
+            perturbation.plot(positions, delta[j, c], color=adversarial, linewidth=0.9)
+        perturbation.axhline(0.0, color="#999999", linewidth=0.6)
+        signal.set_ylim(low - pad, high + pad)
+        perturbation.set_ylim(-1.1 * scale, 1.1 * scale)
+        title = plain(titles[j]) if j < len(titles) else ""
+        if j == 0 and channels > shown:
+            title += f"\n({shown} of {channels} channels)"
+        signal.set_title(title, fontsize=8)
+        for ax in (signal, perturbation):
+            tidy(ax)
+            ax.set_xlim(0, max(length - 1, 1))
+            ax.tick_params(labelsize=6, length=2)
+            if j:
+                ax.set_yticklabels([])
+        signal.set_xticklabels([])
+    axes[0, 0].set_ylabel("signal", fontsize=8)
+    axes[1, 0].set_ylabel("perturbation", fontsize=8)
+    axes[0, 0].legend(loc="upper left", fontsize=6, framealpha=0.85, edgecolor="none", handlelength=1.6)
     return to_data_uri(figure)

@@ -2,7 +2,8 @@
 
 The report and the gate are built from these files alone, so that a report can be regenerated
 and a run can be checked long after the process that made it is gone. Every problem with the
-files is a :class:`~robench.errors.RobenchError` naming the file and the fix.
+files is a :class:`~robench.errors.RobenchError` naming the file and the fix. File names, column
+names and the CSV reader are robench.schema's (pure pandas: no torch, no runner).
 """
 from __future__ import annotations
 
@@ -15,18 +16,15 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import RobenchError
-
-# The same names as robench.output (not imported from there: that module pulls in the runner and
-# torch, which `robench report` and `robench check` do not need).
-RESULTS, EXAMPLES, RUN = "results.csv", "examples.csv", "run.json"
-DIAGNOSTICS, ADVERSARIAL, REPORT = "diagnostics.csv", "adversarial.npz", "report.html"
-
-WORST_CASE = "worst-case"  # robench.risk.WORST_CASE
-RESULT_COLUMNS = (
-    "defense", "epsilon", "attack", "n_examples", "clean_accuracy",
-    "robust_accuracy", "robust_accuracy_low", "robust_accuracy_high",
+from robench.schema import (
+    ADVERSARIAL, ADVERSARIAL_ARRAYS, DIAGNOSTIC_REQUIRED, DIAGNOSTICS, EXAMPLE_REQUIRED, EXAMPLES, RESULT_REQUIRED,
+    RESULTS, RUN, read_table,
 )
-ADVERSARIAL_ARRAYS = ("defense", "epsilon", "attack", "example", "x", "x_adv")
+
+__all__ = ["RunFiles", "load_run", "read_results", "read_run_json", "read_adversarial", "SEQUENCE_NDIM", "IMAGE_NDIM"]
+
+#: ranks of ``x`` in adversarial.npz: sequences N x C x L, images N x C x H x W
+SEQUENCE_NDIM, IMAGE_NDIM = 3, 4
 
 
 @dataclass
@@ -46,24 +44,9 @@ class RunFiles:
         return list(self.run.get("failed_units") or [])
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except FileNotFoundError:
-        raise RobenchError(f"{path} does not exist; point at a directory written by `robench evaluate --out DIR`") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise RobenchError(f"{path} is not a readable CSV ({str(exc).splitlines()[0]}); rerun `robench evaluate --out DIR`") from None
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise RobenchError(f"{path} lacks column(s) {', '.join(missing)}; was it written by this robench version?")
-    if "defense" in frame.columns:
-        frame["defense"] = frame["defense"].astype(str)
-    return frame
-
-
 def read_results(run_dir: str | Path) -> pd.DataFrame:
     """``results.csv``: one row per (defense, epsilon, attack) plus the worst case."""
-    return _read_csv(Path(run_dir) / RESULTS, RESULT_COLUMNS)
+    return read_table(Path(run_dir) / RESULTS, RESULT_REQUIRED)
 
 
 def read_run_json(run_dir: str | Path) -> dict[str, Any]:
@@ -80,7 +63,10 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
 
 
 def read_adversarial(path: Path) -> dict[str, np.ndarray]:
-    """``adversarial.npz``: a few verified adversarial examples per (defense, epsilon)."""
+    """``adversarial.npz``: a few verified adversarial examples per (defense, epsilon).
+
+    ``x`` and ``x_adv`` are sequences (N x C x L) or images (N x C x H x W); any other rank is refused.
+    """
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -92,8 +78,9 @@ def read_adversarial(path: Path) -> dict[str, np.ndarray]:
     n = len(arrays["example"])
     if any(len(arrays[a]) != n for a in ADVERSARIAL_ARRAYS) or arrays["x"].shape != arrays["x_adv"].shape:
         raise RobenchError(f"{path}: arrays disagree in length or shape; delete it or rerun the evaluation")
-    if arrays["x"].ndim != 4:
-        raise RobenchError(f"{path}: x must be N x C x H x W, got shape {arrays['x'].shape}; delete it or rerun the evaluation")
+    if arrays["x"].ndim not in (SEQUENCE_NDIM, IMAGE_NDIM):
+        raise RobenchError(f"{path}: x must be N x C x L (sequences) or N x C x H x W (images), got shape "
+                           f"{arrays['x'].shape}; delete it or rerun the evaluation")
     arrays["defense"] = arrays["defense"].astype(str)
     arrays["attack"] = arrays["attack"].astype(str)
     return arrays
@@ -106,9 +93,9 @@ def load_run(run_dir: str | Path) -> RunFiles:
         raise RobenchError(f"run directory {str(path)!r} does not exist; pass the --out DIR of `robench evaluate`")
     files = RunFiles(path=path, results=read_results(path), run=read_run_json(path))
     if (path / EXAMPLES).exists():
-        files.examples = _read_csv(path / EXAMPLES, ("defense", "epsilon", "attack", "example", "clean_correct", "broken"))
+        files.examples = read_table(path / EXAMPLES, EXAMPLE_REQUIRED)
     if (path / DIAGNOSTICS).exists():
-        files.diagnostics = _read_csv(path / DIAGNOSTICS, ("defense", "epsilon", "check", "fired"))
+        files.diagnostics = read_table(path / DIAGNOSTICS, DIAGNOSTIC_REQUIRED)
     if (path / ADVERSARIAL).exists():
         files.adversarial = read_adversarial(path / ADVERSARIAL)
     return files

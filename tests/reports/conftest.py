@@ -26,12 +26,16 @@ def make_run_dir(
     tolerances: dict[str, float] | None = None,
     suite: str = "tiny",
     seed: int = 0,
+    sequence: tuple[int, int] | None = None,
 ) -> Path:
     """Write results.csv, examples.csv, run.json (+ diagnostics.csv, adversarial.npz).
 
     ``robust[(defense, epsilon)] = (k, n)``: k of n examples survive every attack. Of the rest,
     the first tenth of n is misclassified clean (up to k's limit), PGD breaks a third and SPSA
     breaks all, so SPSA is the strongest attack and the worst case equals SPSA.
+
+    adversarial.npz holds 6 x 6 grey images, or with ``sequence=(channels, length)`` sequences
+    N x C x L (a sine per channel).
     """
     path.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -54,7 +58,7 @@ def make_run_dir(
     run = {
         "config": {"suite": suite, "norm": "linf", "seed": seed, "epsilons": sorted({e for _, e in robust})},
         "seed": seed, "device": "cpu", "executor": "local",
-        "dataset": {"name": "synthetic", "fingerprint": "abc123", "input_shape": [1, 6, 6], "n_test": 100,
+        "dataset": {"name": "synthetic", "fingerprint": "abc123", "input_shape": [1, 6, 6] if sequence is None else list(sequence), "n_test": 100,
                     "n_examples": max(n for _, n in robust.values())},
         "model": {"name": "toy", "meta": {"clean_test_accuracy": 0.91234567}},
         "defenses": [{"name": d, "factory": "none", "params": {"bits": 3}, "paper": "A paper", "description": "",
@@ -77,8 +81,13 @@ def make_run_dir(
     if adversarial:
         generator = np.random.default_rng(seed)
         keys = [(d, e) for d, e in robust for _ in range(3)]
-        x = generator.uniform(0, 1, size=(len(keys), 1, 6, 6)).astype(np.float32)
-        eps = np.array([e for _, e in keys], dtype=np.float32)[:, None, None, None]
+        if sequence is None:
+            x = generator.uniform(0, 1, size=(len(keys), 1, 6, 6)).astype(np.float32)
+        else:
+            channels, length = sequence
+            phase = generator.uniform(0, 2 * np.pi, size=(len(keys), channels, 1))
+            x = (0.5 + 0.4 * np.sin(np.linspace(0, 4 * np.pi, length)[None, None, :] + phase)).astype(np.float32)
+        eps = np.array([e for _, e in keys], dtype=np.float32).reshape(-1, *[1] * (x.ndim - 1))
         x_adv = np.clip(x + eps * np.sign(generator.normal(size=x.shape)), 0, 1).astype(np.float32)
         np.savez(path / "adversarial.npz", defense=np.array([d for d, _ in keys]), epsilon=np.array([e for _, e in keys]),
                  attack=np.array(["spsa"] * len(keys)), example=np.array([i % 3 for i in range(len(keys))]), x=x, x_adv=x_adv)

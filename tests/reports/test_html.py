@@ -107,3 +107,103 @@ def test_report_command_turns_bad_input_into_one_line(tmp_path):
     (tmp_path / "run" / "results.csv").write_text("defense,epsilon\nx,0.1\n")
     result = CliRunner().invoke(report, [str(tmp_path / "run")])
     assert result.exit_code == 2 and "lacks column" in result.output
+
+
+# --------------------------------------------------------------------------- sequences and attack kinds
+def test_a_run_of_sequences_renders_a_line_plot_per_example(run_dir_factory):
+    """adversarial.npz with N x C x L arrays: the grid is a line plot of clean vs adversarial signal."""
+    import numpy as np
+
+    from robench.reports.html import report_context
+    from robench.reports.rundir import load_run
+
+    run = run_dir_factory({("none", 0.05): (6, 10), ("none", 0.1): (3, 10)}, sequence=(1, 40))
+    assert load_run(run).adversarial["x"].shape == (6, 1, 40)
+    context = report_context(load_run(run))
+    assert [g["kind"] for g in context["grids"]] == ["sequence", "sequence"]
+    html = write_report(run).read_text()
+    assert html.count('class="grid"') == 2 and html.count('data-kind="sequence"') == 2 and 'data-kind="image"' not in html
+    assert "line plots of clean and adversarial signals" in html and "clean signal (solid)" in html
+    assert "clean image, adversarial image" not in html
+    uris = data_uris(html)
+    assert len(uris) == 2 + 2
+    grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(uris[-1].split(",", 1)[1]))).convert("RGB"), dtype=int)
+    assert grid.shape[1] > 100 and grid.shape[0] > 100
+    red = np.abs(grid - np.array([0xC0, 0x39, 0x2B])).sum(axis=2) < 40  # the adversarial line's colour
+    assert red.sum() > 50, "no adversarial signal drawn"
+
+
+def test_sequences_with_several_channels_render(run_dir_factory):
+    run = run_dir_factory({("none", 0.1): (3, 10)}, sequence=(5, 64), diagnostics=False)
+    html = write_report(run).read_text()
+    assert html.count('data-kind="sequence"') == 1 and len(data_uris(html)) == 2 + 1
+
+
+def test_images_are_still_drawn_as_images(full_run):
+    html = write_report(full_run).read_text()
+    assert html.count('data-kind="image"') == 4 and "clean image, adversarial image" in html
+    assert "line plots" not in html
+
+
+@pytest.mark.parametrize("shape", [(3, 40), (3, 1, 2, 6, 6)])
+def test_adversarial_arrays_of_another_rank_are_one_clear_error(run_dir_factory, shape):
+    import numpy as np
+
+    from robench.errors import RobenchError
+    from robench.reports.rundir import load_run
+
+    run = run_dir_factory({("none", 0.1): (3, 10)})
+    x = np.zeros(shape, dtype=np.float32)
+    np.savez(run / "adversarial.npz", defense=np.array(["none"] * 3), epsilon=np.full(3, 0.1), attack=np.array(["pgd"] * 3),
+             example=np.arange(3), x=x, x_adv=x)
+    with pytest.raises(RobenchError, match=r"N x C x L \(sequences\) or N x C x H x W \(images\)") as error:
+        load_run(run)
+    assert "\n" not in str(error.value)
+    result = CliRunner().invoke(report, [str(run)])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_gradient_free_is_read_from_run_json_never_guessed_from_the_name(run_dir_factory):
+    """An attack whose run.json entry lacks the flag counts as a gradient attack, even if named "spsa"."""
+    from robench.reports import html as html_module
+    from robench.reports.html import report_context
+    from robench.reports.rundir import load_run
+
+    assert not hasattr(html_module, "GRADIENT_FREE_NAMES")
+    run = run_dir_factory({("none", 0.1): (6, 10)})
+    flagged = report_context(load_run(run))
+    assert {a["label"]: a["gradient_free"] for a in flagged["attacks"]} == {"pgd": False, "spsa": True}
+    assert "(grad-free)" in write_report(run).read_text() and not flagged["unrecorded"]
+
+    cards = json.loads((run / "run.json").read_text())
+    for entry in cards["suite"]["attacks"]:
+        del entry["gradient_free"]
+    (run / "run.json").write_text(json.dumps(cards))
+    context = report_context(load_run(run))
+    kinds = {a["label"]: (a["gradient_free"], a["recorded"], a["kind"]) for a in context["suite_attacks"]}
+    assert kinds == {"pgd": (False, False, "gradient (not recorded in run.json)"),
+                     "spsa": (False, False, "gradient (not recorded in run.json)")}
+    html = write_report(run).read_text()
+    assert "(grad-free)" not in html and ">gradient-free<" not in html
+    assert 'id="unrecorded-kinds"' in html and "guesses nothing from their names" in html
+    (gradient_figure,) = [f for f in context["figures"] if f["title"].startswith("Gradient attacks")]
+    assert "only pgd, spsa count" in gradient_figure["caption"] and "guesses nothing" in gradient_figure["caption"]
+
+
+def test_gradient_only_curves_are_the_worst_case_over_the_gradient_attacks(run_dir_factory):
+    """With examples.csv, the gradient-only worst case of one attack is that attack's row of results.csv;
+    over every attack, it is the suite's worst case."""
+    import numpy as np
+
+    from robench.reports.html import _gradient_only
+    from robench.reports.rundir import load_run
+    from robench.schema import WORST_CASE
+
+    run = load_run(run_dir_factory(TWO_EPSILONS, diagnostics=False, adversarial=False))
+    columns = ["robust_accuracy", "robust_accuracy_low", "robust_accuracy_high"]
+    for labels, attack in ((["pgd"], "pgd"), (["pgd", "spsa"], WORST_CASE)):
+        curves, title = _gradient_only(run, labels)
+        expected = run.results[run.results["attack"] == attack]
+        assert title == "Gradient attacks only" and len(curves) == len(expected) == 4
+        assert curves["defense"].tolist() == expected["defense"].tolist()
+        np.testing.assert_allclose(curves[columns].to_numpy(float), expected[columns].to_numpy(float))
