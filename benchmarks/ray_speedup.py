@@ -34,7 +34,8 @@ early_stop = false
 
 
 def run(executor: str, suite: Path, out: Path, n_examples: int, workers: int) -> float:
-    from robench.runner import EvalConfig, evaluate_config
+    from robench.runner import evaluate_config
+    from robench.spec import EvalConfig
     from robench.store import RunStore
 
     config = EvalConfig(defenses=("none", "adv-trained"), suite=str(suite), n_examples=n_examples, shard_size=16,
