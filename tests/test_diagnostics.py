@@ -1,4 +1,4 @@
-"""Gradient-masking diagnostics (robench/diagnostics.py): each check fires on a target or frame built to
+"""Gradient-masking diagnostics (robench/diagnostics/): each check fires on a target or frame built to
 trigger it and stays quiet on one built not to."""
 import copy
 
