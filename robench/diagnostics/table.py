@@ -137,7 +137,10 @@ def _label(keys: list[str], values: tuple, varying: set[str]) -> str:
 
 
 def _varying(examples: pd.DataFrame) -> set[str]:
-    return {k for k in ("model", "dataset", "norm") if k in examples.columns and examples[k].nunique() > 1}
+    """The columns a detail must name: those that take more than one value for some defense (a
+    defense that attacks a model of its own is one model throughout, and needs no label)."""
+    return {k for k in ("model", "dataset", "norm")
+            if k in examples.columns and examples.groupby("defense")[k].nunique().max() > 1}
 
 
 def _defense_epsilon(keys: list[str], values: object) -> tuple[str, float]:
