@@ -17,7 +17,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from robench.target import is_randomized
+from robench.target import is_randomized, probe_target
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def fastest_batch_size(
     """
     # a wrapper that forwards to one target per row (BPDA) is probed and cached as that target, so
     # a fresh wrapper per work unit does not pay for a new probe each time
-    target = getattr(target, "probe_as", None) or target
+    target = probe_target(target)
     if is_randomized(target):
         # a randomized defense's draws depend on the batch an example runs in: a size chosen by
         # timing would make its numbers vary from run to run, so it gets a fixed one

@@ -55,3 +55,19 @@ def conv_problem(key: str, n: int = 10, channels: int = 3, side: int = 6, pin_bo
         x[1] = 1.0
     y = model(x).argmax(1)
     return model.eval(), x, y, rng.example_seeds(0, key, torch.arange(n))
+
+
+class SignalNet(nn.Module):
+    """A fixed 1-D conv net: three classes from 1 x 12 sequences (the sequence twin of the toy CNNs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv1d(1, 4, 3)
+        self.linear = nn.Linear(4 * 10, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.relu(self.conv(x)).flatten(1))

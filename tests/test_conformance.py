@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from robench import rng
+from robench_testing import SignalNet
 from robench.errors import RobenchError
 from robench.registry import attacks, load_builtins
 from robench.target import is_differentiable, is_randomized
@@ -111,27 +112,11 @@ def _defense_cards():
                 yield pytest.param(card, kind, id=f"{card.name}-{kind}", marks=slow)
 
 
-class ToySignalNet(nn.Module):
-    """Three classes from 1 x 12 sequences."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.conv = nn.Conv1d(1, 4, 3)
-        self.linear = nn.Linear(4 * 10, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.relu(self.conv(x)).flatten(1))
-
-
 def _toy_data(kind: str):
     """A tiny data set labelled by a toy model: images 1 x 6 x 6 or sequences 1 x 12."""
     from robench.data import Dataset
 
-    model = (ToyCNN() if kind == "image" else ToySignalNet()).eval()
+    model = (ToyCNN() if kind == "image" else SignalNet()).eval()
     generator = torch.Generator().manual_seed(2)
     x = torch.rand(48, 1, 6, 6, generator=generator) if kind == "image" else torch.rand(48, 1, 12, generator=generator)
     with torch.no_grad():

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import robench
-from robench_testing import TINY_SUITE, write_suite
+from robench_testing import TINY_SUITE, SignalNet, write_suite
 from robench.cards import load_defense_card
 from robench.errors import RobenchError
 from robench.registry import defenses, load_builtins
@@ -16,22 +15,6 @@ from robench.data import Dataset
 from robench.target import IMAGE, SEQUENCE, input_kind
 
 load_builtins()
-
-
-class SignalNet(nn.Module):
-    """A fixed 1-D conv net on N x 1 x 12 sequences: three classes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.conv = nn.Conv1d(1, 4, 3)
-        self.linear = nn.Linear(4 * 10, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.relu(self.conv(x)).flatten(1))
 
 
 def _sequences(n: int = 10):
@@ -100,3 +83,17 @@ def test_evaluate_leaves_the_callers_rng_state_unchanged(tmp_path):
     before = torch.get_rng_state()
     robench.evaluate(model, x, y, defenses=("none",), suite=write_suite(tmp_path, TINY_SUITE), diagnostics=True)
     assert torch.equal(torch.get_rng_state(), before), "robench.evaluate must not touch the global torch RNG"
+
+
+def test_evaluate_keeps_no_reference_to_the_model(tmp_path):
+    import gc
+    import weakref
+
+    model, x, y = _sequences()
+    alive = weakref.ref(model)
+    evaluation = robench.evaluate(model, x, y, defenses=("none", "bit-depth-3"), suite=write_suite(tmp_path, TINY_SUITE),
+                                  diagnostics=True)
+    del model
+    gc.collect()
+    assert alive() is None, "no context cache may keep the caller's model alive after evaluate returns"
+    assert len(evaluation.results)

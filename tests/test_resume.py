@@ -106,5 +106,10 @@ def test_results_do_not_depend_on_the_shard_size(tmp_path, suite):
                                            "--shard-size", shard, "--no-diagnostics", "--quiet", "--out", str(out)])
         assert result.exit_code == 0, result.output
         tables.append(_numbers(out))
+    # Every decision (clean, broken, rejected, queries, the counts and intervals) is exact. The
+    # margins are a float32 forward pass, and a convolution's kernel, hence its last bits, may change
+    # with the batch size (measured here: 1e-6 relative between shards of 7 and 40): close, not equal.
     for got, want in zip(*tables):
-        pd.testing.assert_frame_equal(got, want)
+        floats = [c for c in ("margin", "distance") if c in got.columns]
+        pd.testing.assert_frame_equal(got.drop(columns=floats), want.drop(columns=floats))
+        pd.testing.assert_frame_equal(got[floats], want[floats], check_exact=False, rtol=1e-4, atol=1e-5)
