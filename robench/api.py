@@ -41,7 +41,7 @@ def evaluate(
     defenses: Sequence[str] = ("none",),
     suite: str = "quick",
     norm: str = "linf",
-    epsilons: Sequence[float] = (0.1,),
+    epsilons: Sequence[float] = (),
     seed: int = 0,
     device: str = "auto",
     max_batch: int | None = None,

@@ -85,7 +85,8 @@ def _adversarial(results: list[UnitResult]) -> dict[str, np.ndarray]:
     return {
         "defense": np.array([u.defense for (u, _), k in zip(parts, count) for _ in range(k)]),
         "epsilon": np.array([u.epsilon for (u, _), k in zip(parts, count) for _ in range(k)], dtype=np.float64),
-        "attack": np.array([u.attack for (u, _), k in zip(parts, count) for _ in range(k)]),
+        # a cascade unit names the attack of each of its examples
+        "attack": np.concatenate([a["attack"] if "attack" in a else np.full(k, u.attack) for (u, a), k in zip(parts, count)]),
         "example": np.concatenate([a["example"] for _, a in parts]).astype(np.int64),
         "x": np.concatenate([a["x"] for _, a in parts]).astype(np.float32),
         "x_adv": np.concatenate([a["x_adv"] for _, a in parts]).astype(np.float32),

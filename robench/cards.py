@@ -55,6 +55,8 @@ class SuiteCard:
     attacks: tuple[AttackSpec, ...]
     description: str = ""
     source: str = ""
+    #: each attack runs only on the examples no earlier attack of the suite broke (AutoAttack's way)
+    cascade: bool = False
 
 
 DEFENSE_KEYS = {
@@ -62,7 +64,7 @@ DEFENSE_KEYS = {
     "differentiable": bool, "randomized": bool, "tolerance": (int, float),
     "default": bool,
 }
-SUITE_KEYS = {"name": str, "description": str, "attack": list}
+SUITE_KEYS = {"name": str, "description": str, "attack": list, "cascade": bool}
 ATTACK_KEYS = {"attack": str, "label": str, "params": dict, "adaptive": bool, "eot_samples": int}
 
 
@@ -138,7 +140,7 @@ def parse_suite_card(data: dict[str, Any], where: str) -> SuiteCard:
         raise RobenchError(f"suite card {where}: label(s) {', '.join(duplicates)} used twice; give each attack a distinct label")
     if "worst-case" in labels:
         raise RobenchError(f"suite card {where}: 'worst-case' is reserved for the combined result; pick another label")
-    return SuiteCard(data["name"], tuple(specs), data.get("description", ""), where)
+    return SuiteCard(data["name"], tuple(specs), data.get("description", ""), where, cascade=data.get("cascade", False))
 
 
 def card_dirs(kind: str) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,12 +21,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--dataset", default="digits", show_default=True, help="Registered data set, or a path to an .npz file (x, y).")
+@click.option("--dataset", default="digits", show_default=True,
+              help="Registered data set (digits, mnist, ...), or a path to an .npz file (x_test, y_test [, x_train, y_train], or x, y).")
 @click.option("--model", default="cnn", show_default=True, help="Registered model, or package.module:callable returning a trained nn.Module.")
 @click.option("--defense", "defenses", multiple=True, help="Defense card name or path (repeatable). Default: every registered defense in the default set.")
 @click.option("--suite", default="quick", show_default=True, help="Attack suite card name or path.")
 @click.option("--norm", default="linf", show_default=True, help="Threat model norm: linf or l2.")
-@click.option("--epsilon", "epsilons", multiple=True, type=float, help="Perturbation budget (repeatable). Default: 0.1 (linf), 1.0 (l2).")
+@click.option("--epsilon", "epsilons", multiple=True, type=float, help="Perturbation budget (repeatable). Default: the data set's standard one for the norm (robench list).")
 @click.option("--n-examples", default=100, show_default=True, type=int, help="Test examples to attack.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Run seed; every random choice derives from it.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -56,8 +58,6 @@ def evaluate(
         raise RobenchError(f"--max-batch must be >= 1, got {max_batch}")
     if resume and out and Path(resume).resolve() != Path(out).resolve():
         raise RobenchError("--resume DIR writes into DIR; drop --out or give the same directory")
-    if not epsilons:
-        epsilons = (0.1,) if norm == "linf" else (1.0,)
     target_dir = resume or out
     out_dir = prepare_out_dir(target_dir) if target_dir else None
     config = EvalConfig(
@@ -109,7 +109,11 @@ def list_command() -> None:
         for name, text in rows:
             click.echo(f"  {name.ljust(width)}  {text}")
 
-    section("datasets", [(e.name, e.description) for e in datasets.entries()])
+    def threats(entry: Any) -> str:
+        epsilons = entry.extra.get("epsilons")
+        return f"  [default eps: {', '.join(f'{n} {e:g}' for n, e in epsilons.items())}]" if epsilons else ""
+
+    section("datasets", [(e.name, e.description + threats(e)) for e in datasets.entries()])
     section("models", [(e.name, e.description) for e in models.entries()])
     section("defense factories", [(e.name, e.description) for e in defenses.entries()])
     section("defenses (cards)", [(c.name, f"{c.factory} {c.params or ''}  {c.paper}".strip()) for c in all_defense_cards()])

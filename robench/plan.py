@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 #: the pseudo-attack label of diagnostic-probe units
 PROBES = "(diagnostics)"
+#: the pseudo-attack label of a cascade unit: every attack of the suite in turn, on one shard
+CASCADE = "(cascade)"
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Unit:
     @property
     def seed_key(self) -> str:
         """What the unit's per-example random streams derive from (no shard in it)."""
-        return f"{self.defense}|{float(self.epsilon)!r}|{self.attack}"
+        return self.seed_key_for(self.attack)
 
     @property
     def store_key(self) -> str:
@@ -35,6 +37,15 @@ class Unit:
     @property
     def is_probe(self) -> bool:
         return self.attack == PROBES
+
+    @property
+    def is_cascade(self) -> bool:
+        return self.attack == CASCADE
+
+    def seed_key_for(self, attack: str) -> str:
+        """The seed key of ``attack`` on this unit's defense and epsilon: a cascade's attacks draw
+        what the same attack draws outside a cascade, so each example meets the same attack."""
+        return f"{self.defense}|{float(self.epsilon)!r}|{attack}"
 
     @property
     def n_examples(self) -> int:
@@ -47,11 +58,14 @@ def shards(n: int, shard_size: int) -> list[tuple[int, int]]:
 
 def plan_units(
     defenses: Iterable[str], epsilons: Iterable[float], attacks: Iterable[str], *, n_examples: int, shard_size: int,
-    diagnostics: bool,
+    diagnostics: bool, cascade: bool = False,
 ) -> list[Unit]:
-    """Every unit of a run, in the order results are assembled (never the order they finish)."""
+    """Every unit of a run, in the order results are assembled (never the order they finish).
+
+    Without a cascade, one unit per attack and shard (attacks are independent: they run in any
+    order, anywhere); with one, one unit per shard runs the suite's attacks in turn."""
     cuts = shards(n_examples, shard_size)
-    labels, epsilons = list(attacks), list(epsilons)
+    labels, epsilons = ([CASCADE] if cascade else list(attacks)), list(epsilons)
     units = []
     for defense in defenses:
         for epsilon in epsilons:

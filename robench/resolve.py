@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -202,7 +202,9 @@ def build_context(config: EvalConfig, *, model: nn.Module | None = None, data: D
     cards = defense_cards(config.defenses, data)
     suite = load_suite_card(config.suite)
     attacks = suite_attacks(suite, config, data)
-    threats = {float(e): ThreatModel(config.norm, float(e), data.bounds) for e in config.epsilons}  # type: ignore[arg-type]
+    epsilons = config.epsilons or (data.default_epsilon(config.norm),)
+    threats = {float(e): ThreatModel(config.norm, float(e), data.bounds) for e in epsilons}  # type: ignore[arg-type]
+    config = replace(config, epsilons=tuple(threats))  # what run.json records: the epsilons that ran
     for threat in threats.values():
         threat.check_input_size(n_features(data.input_shape))
     x, y, ids = select_examples(data, config.n_examples)

@@ -42,15 +42,21 @@ def worst_case_examples(examples: pd.DataFrame, *, attacks: Collection[str] | No
     return worst
 
 
+def _with_attacked(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows stored before the ``attacked`` column: every clean-correct example was attacked."""
+    return rows if "attacked" in rows.columns else rows.assign(attacked=rows["clean_correct"])
+
+
 def worst_case(examples: pd.DataFrame) -> pd.DataFrame:
     """Per (defense, epsilon, example): broken if any attack broke it; queries summed over attacks."""
-    attacked = examples[examples["attack"] != WORST_CASE]
+    attacked = _with_attacked(examples[examples["attack"] != WORST_CASE])
     group = attacked.groupby([*KEYS, "example"], sort=False, dropna=False)
     worst = group.agg(
         label=("label", "first"),
         clean_correct=("clean_correct", "first"),
         broken=("broken", "max"),
         rejected=("rejected", "max"),
+        attacked=("attacked", "max"),
         queries=("queries", "sum"),
         seconds=("seconds", "sum"),
     ).reset_index()
@@ -67,7 +73,7 @@ def worst_case(examples: pd.DataFrame) -> pd.DataFrame:
 
 def summarize(examples: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """One row per (defense, epsilon, attack) plus the worst case, with intervals."""
-    frames = [examples[examples["attack"] != WORST_CASE], worst_case(examples)]
+    frames = [_with_attacked(examples[examples["attack"] != WORST_CASE]), worst_case(examples)]
     rows = pd.concat(frames, ignore_index=True)
     rows["robust"] = rows["clean_correct"].astype(bool) & ~rows["broken"].astype(bool)
     group = rows.groupby([*KEYS, "attack"], sort=False, dropna=False)
@@ -78,6 +84,7 @@ def summarize(examples: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
         rejected=("rejected", "sum"),
         queries_mean=("queries", "mean"),
         seconds=("seconds", "sum"),
+        attacked=("attacked", "sum"),
     ).reset_index()
     n = table["n_examples"].to_numpy()
     table["clean_accuracy"] = table["clean_correct"] / n

@@ -72,7 +72,7 @@ def _run_units(
     runner = make_executor(executor, address=address, device=ctx.device)
     config = ctx.config
     units = plan_units(ctx.cards, ctx.threats, ctx.attacks, n_examples=len(ctx.x), shard_size=config.shard_size,
-                       diagnostics=config.diagnostics)
+                       diagnostics=config.diagnostics, cascade=ctx.suite.cascade)
     if store is not None:
         if not resume:
             store.clear()  # --out starts anew; only now that the input is known to be good

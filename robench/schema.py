@@ -20,20 +20,22 @@ WORST_CASE = "worst-case"
 #: what identifies one evaluated cell: every per-example and per-result row starts with these
 KEYS: tuple[str, ...] = ("defense", "model", "dataset", "norm", "epsilon")
 
-#: examples.csv (and a unit's stored rows): one row per (defense, epsilon, attack, example)
+#: examples.csv (and a unit's stored rows): one row per (defense, epsilon, attack, example);
+#: ``attacked``: the attack was given the example (clean-correct, and in a cascade unbroken so far)
 EXAMPLE_COLUMNS: tuple[str, ...] = (
     *KEYS, "attack", "example", "label", "clean_correct", "broken", "rejected", "queries", "distance",
-    "margin", "draws", "seconds",
+    "margin", "draws", "attacked", "seconds",
 )
 #: examples.csv as written (per-unit seconds are kept in run.json's timings instead)
 EXAMPLE_FILE_COLUMNS: tuple[str, ...] = tuple(c for c in EXAMPLE_COLUMNS if c != "seconds")
 
-#: results.csv: one row per (defense, epsilon, attack) plus the worst case
+#: results.csv: one row per (defense, epsilon, attack) plus the worst case; ``attacked``: how many
+#: examples the attack was given (in a cascade, fewer than the clean-correct ones)
 RESULT_COLUMNS: tuple[str, ...] = (
     *KEYS, "attack", "n_examples", "clean_accuracy", "clean_accuracy_low", "clean_accuracy_high",
     "robust_accuracy", "robust_accuracy_low", "robust_accuracy_high",
     "adversarial_risk", "adversarial_risk_low", "adversarial_risk_high",
-    "robust", "rejected", "queries_mean", "seconds",
+    "robust", "rejected", "queries_mean", "seconds", "attacked",
 )
 #: what a reader of results.csv needs at least (older runs may lack the rest)
 RESULT_REQUIRED: tuple[str, ...] = (

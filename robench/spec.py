@@ -24,7 +24,8 @@ class EvalConfig:
     defenses: tuple[str, ...] = ()  # empty: every registered defense card that fits the data
     suite: str = "quick"
     norm: str = "linf"
-    epsilons: tuple[float, ...] = (0.1,)
+    #: empty: the data set's standard epsilon for the norm (digits: L-inf 0.1, L2 1.0; mnist: 0.3, 2.0)
+    epsilons: tuple[float, ...] = ()
     n_examples: int = 100
     seed: int = 0
     device: str = "auto"

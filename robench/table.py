@@ -6,19 +6,38 @@ import pandas as pd
 from robench.schema import WORST_CASE
 
 
+#: marks an attack's cell when it was given fewer examples than were clean-correct (a cascade)
+PARTIAL = "*"
+
+
 def summary_table(results: pd.DataFrame) -> str:
-    """Per (defense, epsilon): clean accuracy, robust accuracy per attack, worst case with its CI."""
+    """Per (defense, epsilon): clean accuracy, robust accuracy per attack, worst case with its CI.
+
+    In a cascade an attack sees only what earlier attacks left standing; its cell is marked, and a
+    footnote says so, so that the number is not read as that attack alone on every example.
+    """
     attacks = [a for a in results["attack"].unique() if a != WORST_CASE]
+    partial = False
     rows = []
     for (defense, epsilon), group in results.groupby(["defense", "epsilon"], sort=False):
         by_attack = group.set_index("attack")
         worst = by_attack.loc[WORST_CASE]
         row = {"defense": defense, "eps": f"{epsilon:g}", "clean": f"{worst['clean_accuracy']:.3f}"}
         for attack in attacks:
-            row[attack] = f"{by_attack.loc[attack, 'robust_accuracy']:.3f}" if attack in by_attack.index else "-"
+            if attack not in by_attack.index:
+                row[attack] = "-"
+                continue
+            cell = by_attack.loc[attack]
+            given_fewer = "attacked" in cell.index and int(cell["attacked"]) < int(round(cell["clean_accuracy"] * cell["n_examples"]))
+            partial |= given_fewer
+            row[attack] = f"{cell['robust_accuracy']:.3f}" + (PARTIAL if given_fewer else "")
         row["worst-case"] = f"{worst['robust_accuracy']:.3f}"
         row["95% CI"] = f"[{worst['robust_accuracy_low']:.3f}, {worst['robust_accuracy_high']:.3f}]"
         row["risk"] = f"{worst['adversarial_risk']:.3f}"
         row["n"] = str(int(worst["n_examples"]))
         rows.append(row)
-    return pd.DataFrame(rows).to_string(index=False)
+    table = pd.DataFrame(rows).to_string(index=False)
+    if partial:
+        table += (f"\n{PARTIAL} cascade: the attack was given only the examples earlier attacks left standing "
+                  "(results.csv: attacked); the worst case is over the whole suite")
+    return table

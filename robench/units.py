@@ -75,30 +75,35 @@ def gradient_view(target: nn.Module, attack: Attack, spec: AttackSpec) -> nn.Mod
     return adaptive_target(target, eot_samples=spec.eot_samples or DEFAULT_EOT_SAMPLES)
 
 
-def run_attack_unit(ctx: Context, unit: Unit) -> UnitResult:
-    """Attack the clean-correct examples of a shard, verify every proposal, one row per example."""
+def _attack_rows(ctx: Context, unit: Unit, label: str, given: Tensor, clean_correct: Tensor, clean_margin: Tensor,
+                 draws: int) -> tuple[pd.DataFrame, dict[str, np.ndarray] | None, Tensor]:
+    """Attack ``label`` on the examples of the shard marked ``given``, verify every proposal; one
+    row per example of the shard. Returns the rows, a sample of verified adversarial examples and
+    the verified breaks (per example of the shard)."""
     started = time.perf_counter()
-    spec, attack = ctx.attacks[unit.attack]
+    spec, attack = ctx.attacks[label]
     target = ctx.target(unit.defense)
     threat = ctx.threats[unit.epsilon]
-    clean_correct, clean_margin, draws = clean_predictions(ctx, unit)
     x, y, ids = ctx.x[unit.start:unit.stop], ctx.y[unit.start:unit.stop], ctx.ids[unit.start:unit.stop]
     n = len(x)
     broken = ~clean_correct.clone()
+    found = torch.zeros(n, dtype=torch.bool)
     rejected = torch.zeros(n, dtype=torch.bool)
     queries = torch.zeros(n, dtype=torch.long)
     distance = torch.zeros(n)
     margins = clean_margin.detach().float().clone()
     adversarial = None
-    todo = clean_correct.nonzero().flatten()
+    todo = given.nonzero().flatten()
     if len(todo):
-        _reseed(ctx, unit, f"attack|{unit.seed_key}", target)
+        seed_key = unit.seed_key_for(label)
+        _reseed(ctx, unit, f"attack|{seed_key}", target)
         xs, ys = x[todo].to(ctx.device), y[todo].to(ctx.device)
-        seeds = rng.example_seeds(ctx.config.seed, unit.seed_key, ids[todo]).to(ctx.device)
+        seeds = rng.example_seeds(ctx.config.seed, seed_key, ids[todo]).to(ctx.device)
         result, check = attack_and_verify(attack, target, xs, ys, threat, seeds=seeds,
                                           attack_target=gradient_view(target, attack, spec), draws=draws,
                                           max_batch=ctx.max_batch)
         broken[todo] = check.broken.cpu()
+        found[todo] = check.broken.cpu()
         rejected[todo] = check.rejected.cpu()
         queries[todo] = result.queries.cpu()
         distance[todo] = check.distance.float().cpu()
@@ -113,12 +118,41 @@ def run_attack_unit(ctx: Context, unit: Unit) -> UnitResult:
     seconds = time.perf_counter() - started
     rows = pd.DataFrame({
         "defense": unit.defense, "model": ctx.models.get(unit.defense, ctx.config.model), "dataset": ctx.data.name,
-        "norm": threat.norm, "epsilon": threat.epsilon, "attack": unit.attack,
+        "norm": threat.norm, "epsilon": threat.epsilon, "attack": label,
         "example": ids.numpy(), "label": y.numpy(), "clean_correct": clean_correct.numpy(), "broken": broken.numpy(),
         "rejected": rejected.numpy(), "queries": queries.numpy(), "distance": distance.numpy(),
-        "margin": margins.numpy(), "draws": draws, "seconds": seconds / max(n, 1),
+        "margin": margins.numpy(), "draws": draws, "attacked": given.numpy(), "seconds": seconds / max(n, 1),
     }, columns=list(EXAMPLE_COLUMNS))
-    return UnitResult(unit, rows, adversarial, seconds=seconds, queries=int(queries.sum()))
+    return rows, adversarial, found
+
+
+def run_attack_unit(ctx: Context, unit: Unit) -> UnitResult:
+    """Attack the clean-correct examples of a shard, verify every proposal, one row per example."""
+    started = time.perf_counter()
+    clean_correct, clean_margin, draws = clean_predictions(ctx, unit)
+    rows, adversarial, _ = _attack_rows(ctx, unit, unit.attack, clean_correct, clean_correct, clean_margin, draws)
+    return UnitResult(unit, rows, adversarial, seconds=time.perf_counter() - started, queries=int(rows["queries"].sum()))
+
+
+def run_cascade_unit(ctx: Context, unit: Unit) -> UnitResult:
+    """Every attack of the suite in turn on a shard, each given only the clean-correct examples no
+    earlier attack broke (AutoAttack's cascade): the suite costs less with every success, and an
+    attack's row says how many examples it was given (``attacked``)."""
+    started = time.perf_counter()
+    clean_correct, clean_margin, draws = clean_predictions(ctx, unit)
+    standing = clean_correct.clone()
+    frames, samples = [], []
+    for label in ctx.attacks:
+        rows, adversarial, found = _attack_rows(ctx, unit, label, standing, clean_correct, clean_margin, draws)
+        standing &= ~found
+        frames.append(rows)
+        if adversarial:
+            samples.append({**adversarial, "attack": np.full(len(adversarial["example"]), label)})
+    merged = None
+    if samples:
+        merged = {key: np.concatenate([sample[key] for sample in samples]) for key in samples[0]}
+    rows = pd.concat(frames, ignore_index=True)
+    return UnitResult(unit, rows, merged, seconds=time.perf_counter() - started, queries=int(rows["queries"].sum()))
 
 
 def run_probe_unit(ctx: Context, unit: Unit) -> UnitResult:
@@ -152,7 +186,9 @@ def execute_unit(ctx: Context, unit: Unit) -> UnitResult:
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
-            return run_probe_unit(ctx, unit) if unit.is_probe else run_attack_unit(ctx, unit)
+            if unit.is_probe:
+                return run_probe_unit(ctx, unit)
+            return run_cascade_unit(ctx, unit) if unit.is_cascade else run_attack_unit(ctx, unit)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # a defense or attack that raises mid-run: record, don't crash the run

@@ -27,6 +27,7 @@ SMALL = {
     "square": {"queries": 30},
     "apgd-ce": {"steps": 5},
     "apgd-dlr": {"steps": 5},
+    "apgd-t": {"steps": 5, "n_target_classes": 2},
     "pgd": {"steps": 5},
     "bim": {"steps": 3},
     "mifgsm": {"steps": 3},

@@ -1,4 +1,4 @@
-"""APGD-CE and APGD-DLR: step-size-free PGD (Croce & Hein 2020, Algorithm 1).
+"""APGD-CE, APGD-DLR and APGD-T: step-size-free PGD (Croce & Hein 2020, Algorithm 1).
 
 Croce, Hein. "Reliable evaluation of adversarial robustness with an ensemble of diverse
 parameter-free attacks", ICML 2020. PGD with momentum (alpha = 0.75, Eq. 2) whose step size starts
@@ -8,19 +8,34 @@ at 2 eps and is halved at checkpoints w_j (p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + 
 1. the loss went up in fewer than rho = 0.75 of the steps since the last checkpoint, or
 2. the step size was not reduced at the last checkpoint and the best loss has not improved since;
 
-after a halving the iterate restarts from the best point found. Two losses: cross-entropy (CE) and
+after a halving the iterate restarts from the best point found. Three losses: cross-entropy (CE),
 the Difference of Logits Ratio (Eq. 6), DLR = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), which is
-invariant to shifts and rescaling of the logits. Written here because torchattacks needs
-torchvision, which does not import on a CPU-only torch.
+invariant to shifts and rescaling of the logits, and its targeted version (Sec. 3.2), for a target
+class t: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), pi sorting the logits in decreasing order.
+Written here because torchattacks needs torchvision, which does not import on a CPU-only torch.
+
+APGD-T is AutoAttack's ``APGDAttack_targeted``: for k = 1 .. n_target_classes (9, capped at
+classes - 1) it runs Algorithm 1 with the targeted DLR loss towards the class with the (k + 1)-th
+largest clean logit, on the examples no earlier target class has broken. Success is untargeted
+(any class but y, as the harness verifies), so an example keeps the first proposal that
+misclassifies it. Targets are the classes other than y in decreasing order of clean logit: for a
+correctly classified example exactly the reference's 2nd, 3rd, ... largest; for one whose top
+clean class is not y, that wrong top class comes first (the reference would target y itself there;
+it only attacks correctly classified examples). Fewer than 4 classes: z_pi4 does not exist, and the
+denominator is z_pi1 - z_pi3 with 3 classes and 1 with 2 (then the loss is the margin z_t - z_y).
 
 Vectorized over examples; an example leaves the batch as soon as an iterate misclassifies it (that
 iterate is its proposal), so robust examples get the whole budget. The random start is drawn from
-the per-example streams of ``robench.rng``. Queries: one per forward+backward pass of an example
-(1 + steps per restart at most).
+the per-example streams of ``robench.rng`` (counter = the restart; APGD-T: target index * restarts
++ restart). Queries count target rows: each forward+backward pass of an example times the target's
+``queries_per_row`` (an EOT wrapper's draws), at most 1 + steps per restart for APGD-CE/DLR; APGD-T
+adds one clean forward per example to choose the targets, then up to 1 + steps per target class and
+restart, so at most queries_per_row * (1 + n_targets * restarts * (1 + steps)).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +45,7 @@ from robench.attacks.base import Attack, AttackResult
 from robench.batching import fastest_batch_size
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import loss_and_gradient
+from robench.target import check_logits, logits_in_chunks, loss_and_gradient, queries_per_row
 from robench.threat import ThreatModel, steepest_direction
 
 MOMENTUM = 0.75
@@ -65,6 +80,33 @@ def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return -(true - best_other) / (sorted_logits[:, -1] - sorted_logits[:, -3] + 1e-12)
 
 
+def targeted_dlr_loss(logits: Tensor, labels: Tensor, classes: Tensor) -> Tensor:
+    """Targeted DLR (Sec. 3.2), per example, towards ``classes``: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2).
+
+    Larger = closer to t beating y; invariant to shifts and rescaling of the logits, as DLR. With
+    three classes the denominator is z_pi1 - z_pi3 (the only one of pi3, pi4 there is), with two
+    it is 1 (the plain targeted margin z_t - z_y).
+    """
+    true = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    goal = logits.gather(1, classes.view(-1, 1)).squeeze(1)
+    if logits.shape[1] < 3:
+        return goal - true
+    sorted_logits = logits.sort(dim=1).values
+    tail = sorted_logits[:, -3] if logits.shape[1] == 3 else 0.5 * (sorted_logits[:, -3] + sorted_logits[:, -4])
+    return -(true - goal) / (sorted_logits[:, -1] - tail + 1e-12)
+
+
+def target_classes(logits: Tensor, labels: Tensor, count: int) -> Tensor:
+    """(N, min(count, classes - 1)): the classes other than ``labels`` in decreasing order of ``logits``.
+
+    For a correctly classified example: the classes with the 2nd, 3rd, ... largest logit, as
+    AutoAttack's APGD-T picks them. Ties keep the lower class first.
+    """
+    others = logits.scatter(1, labels.view(-1, 1), -math.inf)
+    order = others.sort(dim=1, descending=True, stable=True).indices
+    return order[:, : min(count, logits.shape[1] - 1)]
+
+
 def ce_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
@@ -93,37 +135,73 @@ class APGD(Attack):
         raise NotImplementedError
 
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
-        n = len(x)
         max_batch = self.max_batch or fastest_batch_size(target, x)
-        x0 = x.detach()
+        x_adv, queries = self._runs(target, x.detach(), y, seeds, threat, max_batch, [(r, None) for r in range(self.restarts)],
+                                    per_row=queries_per_row(target))
+        return AttackResult(x_adv, queries)
+
+    def _runs(
+        self, target: nn.Module, x0: Tensor, y: Tensor, seeds: Tensor, threat: ThreatModel, max_batch: int,
+        runs: Iterable[tuple[int, Tensor | None]], per_row: int = 1,
+    ) -> tuple[Tensor, Tensor]:
+        """Algorithm 1 once per (random-start counter, target classes or None) of ``runs``, each on
+        the examples no earlier run broke: (proposals, queries times ``per_row``) per example.
+
+        An example keeps the first proposal that misclassifies it, else the one of highest loss.
+        """
+        n = len(x0)
         x_adv = x0.clone()
-        best_loss = torch.full((n,), -math.inf, device=x.device)
-        queries = torch.zeros(n, dtype=torch.long, device=x.device)
-        remaining = torch.arange(n, device=x.device)
-        for restart in range(self.restarts):
-            proposal, loss, broken, used = self._single_run(target, x0[remaining], y[remaining], seeds[remaining], restart, threat, max_batch)
-            queries[remaining] += used
+        best_loss = torch.full((n,), -math.inf, device=x0.device)
+        queries = torch.zeros(n, dtype=torch.long, device=x0.device)
+        remaining = torch.arange(n, device=x0.device)
+        for counter, classes in runs:
+            chosen = None if classes is None else classes[remaining]
+            proposal, loss, broken, used = self._single_run(
+                target, x0[remaining], y[remaining], seeds[remaining], counter, threat, max_batch, chosen
+            )
+            queries[remaining] += used * per_row
             better = broken | (loss > best_loss[remaining])
-            x_adv[remaining] = torch.where(better.view(-1, *[1] * (x.dim() - 1)), proposal, x_adv[remaining])
+            x_adv[remaining] = torch.where(better.view(-1, *[1] * (x0.dim() - 1)), proposal, x_adv[remaining])
             best_loss[remaining] = torch.where(better, loss, best_loss[remaining])
             remaining = remaining[~broken]
             if len(remaining) == 0:
                 break
-        return AttackResult(x_adv, queries)
+        return x_adv, queries
 
-    def _random_start(self, x: Tensor, seeds: Tensor, restart: int, threat: ThreatModel) -> Tensor:
+    def _random_start(self, x: Tensor, seeds: Tensor, counter: int, threat: ThreatModel) -> Tensor:
         """Uniform direction scaled to the ball's surface, as in the reference code."""
-        return threat.random_start(x, seeds=seeds, counter=restart, surface=True)
+        return threat.random_start(x, seeds=seeds, counter=counter, surface=True)
+
+    def _loss_and_gradient(
+        self, target: nn.Module, x: Tensor, y: Tensor, classes: Tensor | None, max_batch: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``loss_and_gradient`` with ``self.loss``; given per-example target ``classes``, the loss
+        is ``self.loss(logits, labels, classes)``, chunk by chunk."""
+        if classes is None:
+            return loss_and_gradient(target, x, y, loss=self.loss, max_batch=max_batch)
+        parts = []
+        for start in range(0, len(x), max_batch):
+            chunk = classes[start : start + max_batch]
+            parts.append(loss_and_gradient(target, x[start : start + max_batch], y[start : start + max_batch],
+                                           loss=lambda logits, labels, chunk=chunk: self.loss(logits, labels, chunk),
+                                           max_batch=max_batch))
+        if len(parts) == 1:
+            return parts[0]
+        losses, grads, correct = zip(*parts)
+        return torch.cat(losses), torch.cat(grads), torch.cat(correct)
 
     def _single_run(
-        self, target: nn.Module, x: Tensor, y: Tensor, seeds: Tensor, restart: int, threat: ThreatModel, max_batch: int
+        self, target: nn.Module, x: Tensor, y: Tensor, seeds: Tensor, counter: int, threat: ThreatModel, max_batch: int,
+        classes: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Algorithm 1 on (x, y): (proposal, its loss, broken, queries) per example."""
+        """Algorithm 1 on (x, y) from the random start of stream ``counter``: (proposal, its loss,
+        broken, forward+backward passes) per example; ``classes``: per-example target classes of
+        a targeted loss."""
         n = len(x)
         view = (-1, *[1] * (x.dim() - 1))
         checks = set(checkpoints(self.steps))
-        current = self._random_start(x, seeds, restart, threat)
-        loss, grad, correct = loss_and_gradient(target, current, y, loss=self.loss, max_batch=max_batch)
+        current = self._random_start(x, seeds, counter, threat)
+        loss, grad, correct = self._loss_and_gradient(target, current, y, classes, max_batch)
         queries = torch.ones(n, dtype=torch.long, device=x.device)
         proposal, best_loss, best_grad = current.clone(), loss.clone(), grad.clone()
         broken = ~correct
@@ -144,7 +222,8 @@ class APGD(Attack):
             nxt = threat.project(cur_a + alpha * (z - cur_a) + (1 - alpha) * (cur_a - previous[active]), x_a)
             previous[active] = cur_a
             current[active] = nxt
-            loss_a, grad_a, correct_a = loss_and_gradient(target, nxt, y[active], loss=self.loss, max_batch=max_batch)
+            classes_a = None if classes is None else classes[active]
+            loss_a, grad_a, correct_a = self._loss_and_gradient(target, nxt, y[active], classes_a, max_batch)
             queries[active] += 1
             grad[active] = grad_a
             increases[active] += (loss_a > last_loss[active]).float()
@@ -188,3 +267,35 @@ class APGDDLR(APGD):
     @staticmethod
     def loss(logits: Tensor, labels: Tensor) -> Tensor:
         return dlr_loss(logits, labels)
+
+
+@attacks.register("apgd-t", description="APGD with the targeted DLR loss over the top 9 other classes (Croce & Hein 2020, Sec. 3.2)")
+class APGDT(APGD):
+    """AutoAttack's APGD-T: Algorithm 1 with the targeted DLR loss, once per target class (and
+    restart), each on the examples still unbroken; targets from the clean logits (module docstring)."""
+
+    name = "apgd-t"
+
+    def __init__(
+        self, *, steps: int = 100, n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75, max_batch: int | None = None
+    ) -> None:
+        super().__init__(steps=steps, restarts=restarts, rho=rho, max_batch=max_batch)
+        if isinstance(n_target_classes, bool) or int(n_target_classes) != n_target_classes or n_target_classes < 1:
+            raise RobenchError(f"{self.name}: n_target_classes must be an integer >= 1, got {n_target_classes!r}")
+        self.n_target_classes = int(n_target_classes)
+
+    @staticmethod
+    def loss(logits: Tensor, labels: Tensor, classes: Tensor) -> Tensor:  # type: ignore[override]
+        return targeted_dlr_loss(logits, labels, classes)
+
+    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
+        if len(x) == 0:
+            return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
+        max_batch = self.max_batch or fastest_batch_size(target, x)
+        per_row = queries_per_row(target)
+        x0 = x.detach()
+        clean = check_logits(logits_in_chunks(target, x0, max_batch), len(x0)).float()  # one forward row each, counted
+        classes = target_classes(clean, y, self.n_target_classes)
+        runs = [(k * self.restarts + r, classes[:, k]) for k in range(classes.shape[1]) for r in range(self.restarts)]
+        x_adv, queries = self._runs(target, x0, y, seeds, threat, max_batch, runs, per_row=per_row)
+        return AttackResult(x_adv, queries + per_row)

@@ -31,7 +31,7 @@ from robench.registry import defenses
 from robench.target import IMAGE
 from robench.threat import ThreatModel
 from robench.zoo.cache import cached_model
-from robench.zoo.cnn import build_cnn
+from robench.zoo.cnn import architecture_key, build_cnn
 from robench.zoo.training import accuracy, seeded_init, train_classifier
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,9 @@ def pgd_examples(
 
 
 def _require_data(name: str, data: Dataset | None) -> Dataset:
-    if data is None:
-        raise RobenchError(f"{name}: trains its own model and needs data=Dataset (the runner passes it)")
+    if data is None or len(data.x_train) == 0:
+        raise RobenchError(f"{name}: trains its own model and needs a data set with a training split "
+                           "(an .npz needs x_train and y_train)")
     return data
 
 
@@ -89,13 +90,15 @@ def adversarial_training(
     model: nn.Module | None = None,
     *,
     data: Dataset | None = None,
-    epsilon: float = 0.1,
+    epsilon: float | None = None,
     steps: int = 7,
     epochs: int = 20,
     seed: int = 0,
 ) -> nn.Module:
-    """A cnn zoo CNN trained on L-inf PGD examples at ``epsilon`` (cached); ``model`` is ignored."""
+    """A cnn zoo CNN trained on L-inf PGD examples at ``epsilon`` (default: the data set's standard
+    L-inf epsilon, as Madry et al. train at the epsilon they evaluate); cached; ``model`` is ignored."""
     data = _require_data("adversarial_training", data)
+    epsilon = data.default_epsilon("linf") if epsilon is None else epsilon
     _check_positive_int("adversarial_training", "steps", steps)
     _check_positive_int("adversarial_training", "epochs", epochs)
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
@@ -117,7 +120,8 @@ def adversarial_training(
         log.info("adversarial training: %.1fs; clean test accuracy %.4f, PGD-%d accuracy %.4f", seconds, clean, steps, robust)
         return {"clean_test_accuracy": clean, "pgd_test_accuracy": robust, "train_seconds": round(seconds, 2)}
 
-    config = {"code": CODE_VERSION, "data": data.fingerprint, "epsilon": float(epsilon), "steps": steps, "epochs": epochs, "seed": seed}
+    config = {"code": CODE_VERSION, "data": data.fingerprint, "epsilon": float(epsilon), "steps": steps, "epochs": epochs,
+              "seed": seed, **architecture_key(data.input_shape)}
     return cached_model("adv-cnn", config, lambda: seeded_init(seed, lambda: build_cnn(data)), train)
 
 
@@ -168,5 +172,6 @@ def lipschitz(
         log.info("lipschitz cnn: %.1fs; clean test accuracy %.4f", seconds, clean)
         return {"clean_test_accuracy": clean, "train_seconds": round(seconds, 2)}
 
-    config = {"code": CODE_VERSION, "data": data.fingerprint, "logit_scale": float(logit_scale), "epochs": epochs, "seed": seed}
+    config = {"code": CODE_VERSION, "data": data.fingerprint, "logit_scale": float(logit_scale), "epochs": epochs,
+              "seed": seed, **architecture_key(data.input_shape)}
     return cached_model("lipschitz-cnn", config, lambda: seeded_init(seed, lambda: build_lipschitz_cnn(data, float(logit_scale))), train)

@@ -26,7 +26,7 @@ from robench.target import IMAGE, Preprocessed
 from robench.errors import RobenchError
 from robench.registry import defenses
 from robench.zoo.cache import cached_model
-from robench.zoo.cnn import SmallCNN
+from robench.zoo.cnn import SmallCNN, architecture_key
 from robench.zoo.training import accuracy, seeded_init, train_classifier
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,9 @@ def thermometer(
         raise RobenchError(f"thermometer: levels must be an integer from 2 to 256, got {levels!r}")
     if not isinstance(epochs, int) or epochs < 1:
         raise RobenchError(f"thermometer: epochs must be a positive integer, got {epochs!r}")
-    if data is None:
-        raise RobenchError("thermometer: trains its own classifier and needs data=Dataset (the runner passes it)")
+    if data is None or len(data.x_train) == 0:
+        raise RobenchError("thermometer: trains its own classifier and needs a data set with a training split "
+                           "(an .npz needs x_train and y_train)")
     if data.bounds != (0.0, 1.0):
         raise RobenchError(f"thermometer: encodes pixels in [0, 1], but the data's bounds are {data.bounds}; rescale the data")
     c, h, w = data.input_shape
@@ -101,6 +102,7 @@ def thermometer(
         log.info("thermometer-%d classifier: %.1fs; clean test accuracy %.4f", levels, seconds, acc)
         return {"clean_test_accuracy": acc, "train_seconds": round(seconds, 2)}
 
-    config = {"code": CODE_VERSION, "data": data.fingerprint, "levels": levels, "epochs": epochs, "seed": seed}
+    config = {"code": CODE_VERSION, "data": data.fingerprint, "levels": levels, "epochs": epochs, "seed": seed,
+              **architecture_key(data.input_shape)}
     classifier = cached_model(f"thermometer{levels}", config, build, train)
     return Thermometer(classifier, levels)

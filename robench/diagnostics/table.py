@@ -7,7 +7,7 @@ import pandas as pd
 
 from robench.diagnostics.registry import ALPHA, Diagnostic, Finding, check, registered
 from robench.errors import RobenchError
-from robench.risk import worst_case_examples
+from robench.risk import as_bool, worst_case_examples
 from robench.schema import KEYS, WORST_CASE
 from robench.stats import paired
 
@@ -62,11 +62,19 @@ def gradient_free_beats_gradient(examples: pd.DataFrame, *, gradient_free: Colle
             continue
         by_free = broken[free_labels].any(axis=1)
         by_gradient = broken[gradient_labels].any(axis=1)
+        cascade = ""
+        if "attacked" in correct.columns and not as_bool(correct["attacked"]).all():
+            # a cascade: an example broken before the free attacks' turn never met them, so the
+            # reverse can only be counted on the examples the free attacks were given
+            given = correct.assign(attacked=as_bool(correct["attacked"])).pivot_table(
+                index="example", columns="attack", values="attacked", aggfunc="max").fillna(False).astype(bool)
+            by_gradient = by_gradient & given.reindex(broken.index)[free_labels].all(axis=1)
+            cascade = " (cascade: the reverse counts only examples the gradient-free attacks were given)"
         free_only, gradient_only, p = paired(by_free, by_gradient)
         fired = free_only / n > GRADIENT_FREE_GAP and p < ALPHA
         detail = (
             f"{prefix}{'/'.join(free_labels)} broke {free_only} of {n} clean-correct examples "
-            f"({free_only / n:.1%}) that {'/'.join(gradient_labels)} did not; the reverse: {gradient_only}; "
+            f"({free_only / n:.1%}) that {'/'.join(gradient_labels)} did not; the reverse: {gradient_only}{cascade}; "
             f"one-sided sign test p={p:.2g}; fires above {GRADIENT_FREE_GAP:.0%} with p < {ALPHA}"
         )
         yield Finding(defense, epsilon, fired, detail)

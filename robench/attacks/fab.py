@@ -1,0 +1,293 @@
+"""FAB-T: the targeted Fast Adaptive Boundary attack, as AutoAttack's ``version='standard'`` runs it.
+
+Croce, Hein. "Minimally Distorted Adversarial Examples with a Fast Adaptive Boundary Attack",
+ICML 2020. FAB looks for the smallest perturbation that changes the decision. At the iterate x_k
+it linearizes the boundary between the true class y and a class t,
+
+    pi_k = {z : <w, z - x_k> + f = 0},   f = z_t(x_k) - z_y(x_k),   w = grad_x f(x_k),
+
+and projects both x_k and the clean point x_orig onto pi_k intersected with the data box
+(:func:`project_hyperplane_box`, the paper's box-constrained projection, Sec. 2.1 / Eq. 3),
+giving the perturbations delta_k and delta_orig. The step (Sec. 2.2, "biased gradient step" and
+"extrapolation") is
+
+    alpha   = min(||delta_k|| / (||delta_k|| + ||delta_orig||), alpha_max)
+    x_{k+1} = clip_box((1 - alpha) (x_k + eta delta_k) + alpha (x_orig + eta delta_orig)),
+
+and when x_{k+1} is misclassified it is recorded (the smallest-norm one is kept) and pulled back
+towards the clean point, x_{k+1} <- (1 - beta) x_orig + beta x_{k+1} (Sec. 2.2, "backward step").
+
+The targeted version (Croce & Hein 2020, used as FAB-T in AutoAttack) fixes t to the k-th most
+likely other class of the clean logits, k = 1 .. n_target_classes (fewer when the model has fewer
+classes: min(n_target_classes, classes - 1)), and attacks each target with ``restarts`` runs of
+``steps`` iterations: the first run of a target starts at x_orig, further ones at a random point on
+the sphere of radius eps / 2 (the reference code's random start). As in AutoAttack, a run only sees
+the examples that no earlier target or restart has broken within eps, and an example's proposal is
+its smallest-norm adversarial iterate if that lies within eps, else the clean input (``verify``
+decides; an attack never does). Within a run every example does all ``steps`` iterations, as in
+the reference, so the recorded point is the smallest perturbation found, not the first.
+
+Queries (forward rows, times the target's ``queries_per_row``): one forward+backward pass of an
+example counts one, as in APGD. The gradient of the two-logit difference z_t - z_y is one backward
+of one scalar per row, so a step costs one pass: the forward+backward at the new iterate both says
+whether it is misclassified and gives the linearization for the next step (the reference spends a
+separate forward on the check). A misclassified iterate costs one more pass, at the point after the
+backward step. The last step of a run needs only a forward. The clean pass that picks the targets
+is the start of the first target's first run. Per example: 1 + sum over its runs of (steps +
+misclassified iterates before the last step), plus one pass at the start of every run but the first.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from robench.attacks.base import Attack, AttackResult
+from robench.batching import fastest_batch_size
+from robench.errors import RobenchError
+from robench.registry import attacks
+from robench.target import NoGradient, check_logits, logits_in_chunks, queries_per_row
+from robench.threat import ThreatModel, random_delta
+
+#: radius of the random start of restarts after the first, relative to eps (reference code)
+RANDOM_START_RADIUS = 0.5
+#: smallest norm of a projection step in the alpha ratio (reference code), so 0 / 0 cannot occur
+_MIN_STEP_NORM = 1e-8
+
+
+def project_hyperplane_box(x: Tensor, w: Tensor, c: Tensor, lo: float, hi: float, norm: str) -> Tensor:
+    """The minimal-norm step onto a hyperplane inside a box, exactly, per row.
+
+    For rows ``x``, ``w`` of shape (B, d) and ``c`` of shape (B,), returns delta solving
+
+        min ||delta||_p   s.t.   <w, delta> = c,   lo <= x + delta <= hi,   p in {inf, 2},
+
+    i.e. ``x + delta`` is the box-constrained projection of ``x`` onto the hyperplane
+    {z : <w, z> + b = 0} with c = -(<w, x> + b) (Croce & Hein 2020, Sec. 2.1, Eq. 3; they show the
+    problem reduces to a one-dimensional search solvable in O(d log d)). The reduction used here:
+    write s = sign(c), v = s w, a_i = |w_i|, and r_i >= 0 the room coordinate i has in the
+    direction sign(v_i) (hi - x_i if v_i > 0, x_i - lo if v_i < 0). The optimal delta moves every
+    coordinate towards the hyperplane, delta_i = sign(v_i) * (amount_i), and
+
+    * L-inf: for a radius tau the most <v, delta> can reach is g(tau) = sum_i a_i min(tau, r_i);
+      the smallest feasible tau solves g(tau) = |c| and delta_i = sign(v_i) min(tau, r_i). (On
+      coordinates with w_i != 0 this delta is the unique minimizer's; coordinates with w_i = 0 stay
+      at 0.)
+    * L2: the KKT conditions of min ||delta||^2 / 2 give delta_i = clip(lambda v_i, box) =
+      sign(v_i) min(lambda a_i, r_i) for one multiplier lambda >= 0, and the constraint reads
+      g(lambda) = sum_i a_i^2 min(lambda, r_i / a_i) = |c|.
+
+    Both are g(tau) = sum_i m_i min(tau, beta_i): nondecreasing and piecewise linear with
+    breakpoints beta_i. Sorting the breakpoints gives g at each of them from cumulative sums; the
+    root lies in the first interval where g reaches |c|, where g is linear and is solved exactly.
+    When even the whole box cannot reach the hyperplane (|c| > sum_i a_i r_i), the result is the
+    box corner that goes furthest towards it, delta_i = sign(v_i) r_i (the limit tau -> inf).
+    Vectorized over rows: one sort and a few cumulative sums, no per-row loop.
+    """
+    if norm not in ("linf", "l2"):
+        raise RobenchError(f"no box-constrained projection for norm {norm!r}")
+    dtype = x.dtype
+    work = torch.promote_types(dtype, torch.float32)
+    x, w, c = x.to(work), w.to(work), c.to(work)
+    s = torch.where(c >= 0, 1.0, -1.0).to(work).unsqueeze(1)
+    v = w * s
+    target = c.abs().unsqueeze(1)  # |c|: what <v, delta> must reach
+    a = v.abs()
+    moving = a > 0
+    room = torch.where(v > 0, hi - x, x - lo).clamp_min(0.0)
+    if norm == "linf":
+        weight, breakpoint = a, room
+    else:
+        weight, breakpoint = a * a, room / torch.where(moving, a, torch.ones_like(a))
+    breakpoint = torch.where(moving, breakpoint, torch.full_like(breakpoint, math.inf))
+    bp, order = breakpoint.sort(dim=1, stable=True)
+    m = weight.gather(1, order)  # zero exactly where the breakpoint is inf (w_i = 0), sorted last
+    reached = torch.where(m > 0, m * bp, torch.zeros_like(m)).cumsum(dim=1)  # sum_{j <= k} m_j beta_j
+    from_here = m.flip(1).cumsum(dim=1).flip(1)  # sum_{j >= k} m_j (exactly 0 on the w_i = 0 tail)
+    after = torch.cat([from_here[:, 1:], torch.zeros_like(from_here[:, :1])], dim=1)  # sum_{j > k}
+    g = reached + torch.where(after > 0, bp * after, torch.zeros_like(bp))  # g(beta_k)
+    k = (g < target).sum(dim=1, keepdim=True)  # first breakpoint where g reaches |c|
+    feasible = k < g.shape[1]
+    kc = k.clamp(max=g.shape[1] - 1)
+    reached_before = torch.where(k > 0, reached.gather(1, (kc - 1).clamp_min(0)), torch.zeros_like(target))
+    lower = torch.where(k > 0, bp.gather(1, (kc - 1).clamp_min(0)), torch.zeros_like(target))
+    slope = from_here.gather(1, kc)
+    tau = (target - reached_before) / slope.clamp_min(torch.finfo(work).tiny)
+    tau = torch.minimum(torch.maximum(tau, lower), bp.gather(1, kc))
+    tau = torch.where(feasible, tau, torch.full_like(tau, math.inf))
+    scale = tau if norm == "linf" else tau * a
+    amount = torch.where(moving, torch.minimum(torch.where(moving, scale, torch.zeros_like(scale)), room), torch.zeros_like(room))
+    return (torch.sign(v) * amount).to(dtype)
+
+
+def _difference_and_gradient(
+    target: nn.Module, x: Tensor, y: Tensor, classes: Tensor | Callable[[Tensor], Tensor], max_batch: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per row f = z_t - z_y, its input gradient (one backward of one scalar per row), the logits
+    and t, in chunks of at most ``max_batch`` rows. ``classes`` is t per row, or a function that
+    picks t from a chunk's logits (the clean pass, where the logits choose the targets)."""
+    fs, grads, all_logits, ts = [], [], [], []
+    for start in range(0, len(x), max_batch):
+        xb = x[start : start + max_batch].detach().requires_grad_(True)
+        yb = y[start : start + max_batch]
+        with torch.enable_grad():
+            logits = target(xb)
+            if not logits.requires_grad:
+                raise NoGradient("the output does not depend on the input through autograd")
+            logits = logits.float()
+            tb = classes(logits.detach()) if callable(classes) else classes[start : start + max_batch]
+            f = logits.gather(1, tb.view(-1, 1)).squeeze(1) - logits.gather(1, yb.view(-1, 1)).squeeze(1)
+            (grad,) = torch.autograd.grad(f.sum(), xb, allow_unused=True)
+        if grad is None:
+            raise NoGradient("the logits do not depend on the input through autograd")
+        fs.append(f.detach())
+        grads.append(grad)
+        all_logits.append(logits.detach())
+        ts.append(tb)
+    if len(fs) == 1:
+        return fs[0], grads[0], all_logits[0], ts[0]
+    return torch.cat(fs), torch.cat(grads), torch.cat(all_logits), torch.cat(ts)
+
+
+def _by_likelihood(logits: Tensor) -> Tensor:
+    """Classes by decreasing logit, ties broken by class index: column k is the k-th target."""
+    return logits.sort(dim=1, descending=True, stable=True)[1]
+
+
+@attacks.register("fab-t", description="Targeted FAB, AutoAttack's FAB-T (Croce & Hein 2020, ICML)")
+class FABT(Attack):
+    """Targeted FAB with AutoAttack's standard settings (9 targets, 100 steps, 1 run per target)."""
+
+    name = "fab-t"
+    gradient_free = False
+
+    def __init__(
+        self,
+        *,
+        steps: int = 100,
+        n_target_classes: int = 9,
+        restarts: int = 1,
+        alpha_max: float = 0.1,
+        eta: float = 1.05,
+        beta: float = 0.9,
+        max_batch: int | None = None,
+    ) -> None:
+        for label, value in (("steps", steps), ("n_target_classes", n_target_classes), ("restarts", restarts)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+                raise RobenchError(f"fab-t: {label} must be an integer >= 1, got {value!r}")
+        checks = (
+            ("alpha_max", alpha_max, 0.0, 1.0, "in [0, 1]"),
+            ("eta", eta, 1e-12, math.inf, "> 0"),
+            ("beta", beta, 1e-12, 1.0, "in (0, 1]"),
+        )
+        for label, value, low, high, words in checks:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise RobenchError(f"fab-t: {label} must be a number {words}, got {value!r}")
+        if max_batch is not None and (isinstance(max_batch, bool) or int(max_batch) != max_batch or max_batch < 1):
+            raise RobenchError(f"fab-t: max_batch must be an integer >= 1, got {max_batch!r}")
+        self.steps = int(steps)
+        self.n_target_classes = int(n_target_classes)
+        self.restarts = int(restarts)
+        self.alpha_max = float(alpha_max)
+        self.eta = float(eta)
+        self.beta = float(beta)
+        self.max_batch = None if max_batch is None else int(max_batch)
+
+    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
+        n = len(x)
+        if n == 0:
+            return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
+        max_batch = self.max_batch or fastest_batch_size(target, x)
+        per_row = queries_per_row(target)
+        x0 = x.detach()
+        seeds = seeds.to(x.device)
+        eps = threat.epsilon
+        # the clean pass: its logits rank the targets, and it is the start of target 1's first run
+        f, grad, logits, _ = _difference_and_gradient(target, x0, y, lambda z: _by_likelihood(z)[:, 1], max_batch)
+        check_logits(logits, n)
+        ranking = _by_likelihood(logits)
+        queries = torch.ones(n, dtype=torch.long, device=x.device)
+        proposal = x0.clone()
+        best_norm = torch.full((n,), math.inf, device=x.device, dtype=torch.float32)
+        best_norm[logits.argmax(1) != y] = 0.0  # already misclassified: the clean input is the proposal
+        targets = min(self.n_target_classes, logits.shape[1] - 1)
+        for k in range(1, targets + 1):
+            for restart in range(self.restarts):
+                todo = torch.nonzero(best_norm > eps).squeeze(1)  # not broken within eps yet
+                if len(todo) == 0:
+                    return AttackResult(proposal, queries * per_row)
+                x_t, y_t, t = x0[todo], y[todo], ranking[todo, k]
+                if k == 1 and restart == 0:
+                    start, f_t, grad_t = x_t, f[todo], grad[todo]
+                else:
+                    start = x_t
+                    if restart > 0:
+                        counter = (k - 1) * self.restarts + restart
+                        delta = random_delta(threat.norm, RANDOM_START_RADIUS * eps, tuple(x.shape[1:]), seeds=seeds[todo],
+                                             counter=counter, surface=True, dtype=x.dtype, device=x.device)
+                        start = threat.clip_to_bounds(x_t + delta)
+                    f_t, grad_t, _, _ = _difference_and_gradient(target, start, y_t, t, max_batch)
+                    queries[todo] += 1
+                found, norm, used = self._single_run(target, x_t, y_t, t, start, f_t, grad_t, threat, max_batch)
+                queries[todo] += used
+                better = norm < best_norm[todo]
+                view = (-1, *[1] * (x.dim() - 1))
+                proposal[todo] = torch.where((better & (norm <= eps)).view(view), found, proposal[todo])
+                best_norm[todo] = torch.where(better, norm, best_norm[todo])
+        return AttackResult(proposal, queries * per_row)
+
+    def _single_run(
+        self, target: nn.Module, x0: Tensor, y: Tensor, t: Tensor, start: Tensor, f: Tensor, grad: Tensor,
+        threat: ThreatModel, max_batch: int,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``steps`` FAB iterations towards class ``t`` from ``start`` (with f and its gradient there):
+        (smallest-norm misclassified iterate, its norm (inf if none), passes) per example."""
+        n = len(x0)
+        lo, hi = threat.bounds
+        view = (-1, *[1] * (x0.dim() - 1))
+        flat0 = x0.flatten(1)
+        current = start.clone()
+        f, grad = f.clone(), grad.clone()
+        found = x0.clone()
+        found_norm = torch.full((n,), math.inf, device=x0.device, dtype=torch.float32)
+        used = torch.zeros(n, dtype=torch.long, device=x0.device)
+        for step in range(self.steps):
+            flat, w = current.flatten(1), grad.flatten(1).to(current.dtype)
+            f_now = f.to(current.dtype)
+            # the same hyperplane seen from the iterate and from the clean point
+            f_orig = f_now + (w * (flat0 - flat)).sum(dim=1)
+            delta_k = project_hyperplane_box(flat, w, -f_now, lo, hi, threat.norm)
+            delta_o = project_hyperplane_box(flat0, w, -f_orig, lo, hi, threat.norm)
+            size_k = self._norm(delta_k, threat.norm).clamp_min(_MIN_STEP_NORM)
+            size_o = self._norm(delta_o, threat.norm).clamp_min(_MIN_STEP_NORM)
+            alpha = (size_k / (size_k + size_o)).clamp(0.0, self.alpha_max).unsqueeze(1)
+            nxt = (1 - alpha) * (flat + self.eta * delta_k) + alpha * (flat0 + self.eta * delta_o)
+            current = threat.clip_to_bounds(nxt).view_as(x0)
+            used += 1
+            last = step == self.steps - 1
+            if last:
+                with torch.no_grad():
+                    logits = logits_in_chunks(target, current, max_batch)
+            else:
+                f, grad, logits, _ = _difference_and_gradient(target, current, y, t, max_batch)
+            fooled = logits.argmax(1) != y
+            norm = threat.distance(current, x0).float()
+            better = fooled & (norm < found_norm)
+            found = torch.where(better.view(view), current, found)
+            found_norm = torch.where(better, norm, found_norm)
+            if last:
+                break
+            back = torch.nonzero(fooled).squeeze(1)  # the one host sync per step
+            if len(back):
+                # backward step towards the clean point, and the linearization there
+                pulled = x0[back] + self.beta * (current[back] - x0[back])
+                current[back] = pulled
+                f[back], grad[back], _, _ = _difference_and_gradient(target, pulled, y[back], t[back], max_batch)
+                used[back] += 1
+        return found, found_norm, used
+
+    @staticmethod
+    def _norm(delta: Tensor, norm: str) -> Tensor:
+        return delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
