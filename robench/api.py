@@ -48,6 +48,7 @@ def evaluate(
     diagnostics: bool = True,
     train: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None,
     out: str | Path | None = None,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> Evaluation:
     """Attack ``model`` on the examples ``x`` (N, C, H, W in [0, 1], or uint8) with labels ``y``.
 
@@ -55,7 +56,8 @@ def evaluate(
     epsilon; verified worst case and intervals come back as ``Evaluation`` (``.results``,
     ``.examples``, ``.diagnostics`` are pandas frames). Defenses that train a model of their own
     (e.g. ``adv-trained``) need ``train=(x_train, y_train)``. ``out`` writes the usual run
-    directory (results.csv, ..., report.html).
+    directory (results.csv, ..., report.html). ``normalize=(mean, std)`` (per channel) wraps a
+    model that expects normalized inputs; the threat model stays in pixel space.
     """
     if not isinstance(model, nn.Module):
         raise RobenchError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -71,7 +73,8 @@ def evaluate(
                    torch.from_numpy(y_test), num_classes=num_classes)
     config = EvalConfig(dataset=DATA_NAME, model=MODEL_NAME, defenses=tuple(defenses), suite=suite, norm=norm,
                         epsilons=tuple(float(e) for e in epsilons), n_examples=len(x_test), seed=seed, device=device,
-                        max_batch=max_batch, diagnostics=diagnostics)
+                        max_batch=max_batch, diagnostics=diagnostics,
+                        normalize=None if normalize is None else (tuple(map(float, normalize[0])), tuple(map(float, normalize[1]))))
     evaluation = evaluate_config(config, model=model, data=data)
     if out is not None:
         from robench.output import prepare_out_dir, write_evaluation

@@ -34,6 +34,8 @@ def main() -> None:
 @click.option("--max-batch", type=int, default=None, help="Largest forward batch (rows); default: chosen by a timed probe.")
 @click.option("--shard-size", default=256, show_default=True, type=int, help="Examples per work unit.")
 @click.option("--no-diagnostics", is_flag=True, help="Skip the gradient-masking probes.")
+@click.option("--normalize", default=None, metavar="MEAN,STD",
+              help="The model expects inputs normalized per channel: MEAN,STD (e.g. 0.1307,0.3081; per channel 0.485/0.456/0.406,0.229/0.224/0.225). Applied inside the target: epsilon stays in pixel space.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Where units run.")
 @click.option("--address", default=None, help="Ray cluster address (with --executor ray); default: a local instance.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write results, examples, diagnostics, run.json and report.html here.")
@@ -42,7 +44,7 @@ def main() -> None:
 @friendly_errors
 def evaluate(
     dataset: str, model: str, defenses: tuple[str, ...], suite: str, norm: str, epsilons: tuple[float, ...],
-    n_examples: int, seed: int, device: str, max_batch: int | None, shard_size: int, no_diagnostics: bool,
+    n_examples: int, seed: int, device: str, max_batch: int | None, shard_size: int, no_diagnostics: bool, normalize: str | None,
     executor: str, address: str | None, out: str | None, resume: str | None, quiet: bool,
 ) -> None:
     """Attack every defense with every attack of a suite; report worst-case robust accuracy."""
@@ -53,7 +55,9 @@ def evaluate(
     from robench.spec import EvalConfig
     from robench.store import RunStore
     from robench.table import summary_table
+    from robench.target import parse_normalization
 
+    normalization = parse_normalization(normalize) if normalize else None
     if max_batch is not None and max_batch < 1:
         raise RobenchError(f"--max-batch must be >= 1, got {max_batch}")
     if resume and out and Path(resume).resolve() != Path(out).resolve():
@@ -64,6 +68,7 @@ def evaluate(
         dataset=dataset, model=model, defenses=tuple(defenses), suite=suite, norm=norm,
         epsilons=tuple(epsilons), n_examples=n_examples, seed=seed, device=device, max_batch=max_batch,
         shard_size=shard_size, diagnostics=not no_diagnostics,
+        normalize=normalization,
     )
     store = RunStore(out_dir) if out_dir is not None else None
     progress = UnitProgress(enabled=not quiet)

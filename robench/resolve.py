@@ -24,7 +24,7 @@ from robench.registry import attacks as attack_registry
 from robench.registry import defenses as defense_registry
 from robench.registry import models as model_registry
 from robench.spec import EvalConfig, resolve_device
-from robench.target import check_logits, describe_inputs, input_kind, supports_input
+from robench.target import Normalized, check_logits, describe_inputs, input_kind, supports_input
 from robench.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,13 @@ def build_context(config: EvalConfig, *, model: nn.Module | None = None, data: D
         threat.check_input_size(n_features(data.input_shape))
     x, y, ids = select_examples(data, config.n_examples)
     device = resolve_device(config.device)
-    model = (load_model(config.model, data) if model is None else model.eval()).to(device)
+    model = load_model(config.model, data) if model is None else model.eval()
+    if config.normalize is not None:
+        mean, std = config.normalize
+        if len(mean) not in (1, data.input_shape[0]):
+            raise RobenchError(f"--normalize gives {len(mean)} channel(s) but the data set's inputs have {data.input_shape[0]}")
+        model = Normalized(model, tuple(mean), tuple(std)).eval()
+    model = model.to(device)
     return Context(config, data, x, y, ids, device, model, {c.name: c for c in cards}, suite, attacks, threats,
                    config.max_batch or 4096, models={c.name: attacked_model(c, config.model) for c in cards})
 

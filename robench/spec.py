@@ -34,6 +34,8 @@ class EvalConfig:
     shard_size: int = 256
     #: run the gradient-masking probes (robench.diagnostics) for every (defense, epsilon)
     diagnostics: bool = True
+    #: per-channel (mean, std) the model expects its inputs normalized by, applied inside the target
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 def config_dict(config: EvalConfig) -> dict[str, Any]:

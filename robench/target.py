@@ -186,6 +186,52 @@ class Preprocessed(nn.Module):
         return self.model(transformed)
 
 
+# -- input normalization -------------------------------------------------------------------
+
+
+class Normalized(nn.Module):
+    """``model((x - mean) / std)`` per channel: a model trained on normalized inputs, attacked in
+    pixel space. The threat model stays on the inputs in [0, 1]; only the model sees them shifted
+    and scaled (as RobustBench wraps its models)."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or not mean:
+            raise RobenchError(f"normalization needs as many means as stds, got {len(mean)} and {len(std)}")
+        if any(not s > 0 for s in std):
+            raise RobenchError(f"normalization stds must be > 0, got {std}")
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.differentiable = is_differentiable(model)
+        self.randomized = is_randomized(model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        channels = x.shape[1]
+        if len(self.mean) not in (1, channels):
+            raise RobenchError(f"normalization has {len(self.mean)} channel(s) but the inputs have {channels}")
+        view = (1, -1, *[1] * (x.dim() - 2))
+        return self.model((x - self.mean.to(x.dtype).view(view)) / self.std.to(x.dtype).view(view))
+
+    def extra_repr(self) -> str:
+        return f"mean={tuple(round(v, 6) for v in self.mean.tolist())}, std={tuple(round(v, 6) for v in self.std.tolist())}"
+
+
+def parse_normalization(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``MEAN,STD`` with one value each, or per channel with ``/``: ``0.49/0.48/0.45,0.25/0.24/0.26``."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        mean, std = (tuple(float(v) for v in part.split("/")) for part in parts)
+    except ValueError:
+        raise RobenchError(f"--normalize {text!r}: write MEAN,STD (e.g. 0.1307,0.3081), per channel separated by / "
+                           "(e.g. 0.485/0.456/0.406,0.229/0.224/0.225)") from None
+    if len(mean) != len(std) or any(not (v == v and abs(v) != float("inf")) for v in (*mean, *std)) or any(v <= 0 for v in std):
+        raise RobenchError(f"--normalize {text!r}: needs as many finite means as stds, and stds > 0")
+    return mean, std
+
+
 # -- forward passes ------------------------------------------------------------------------
 
 

@@ -97,3 +97,36 @@ def test_evaluate_keeps_no_reference_to_the_model(tmp_path):
     gc.collect()
     assert alive() is None, "no context cache may keep the caller's model alive after evaluate returns"
     assert len(evaluation.results)
+
+
+def test_normalization_lives_inside_the_target_and_epsilon_stays_in_pixel_space(tmp_path):
+    from robench.target import Normalized, parse_normalization
+
+    model, x, y = _sequences()
+    mean, std = (0.5,), (0.25,)
+    inner = SignalNet().eval()
+    # a model trained on normalized inputs: it undoes the normalization itself, so the wrapped
+    # target must classify exactly as the plain model does on pixel-space inputs
+    expects_normalized = torch.nn.Sequential(_Affine(std[0], mean[0]), inner)
+    wrapped = Normalized(expects_normalized, mean, std)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x), inner(x), atol=1e-5)
+    suite = write_suite(tmp_path, TINY_SUITE)
+    plain = robench.evaluate(inner, x, y, defenses=("none",), suite=suite, diagnostics=False)
+    normed = robench.evaluate(expects_normalized, x, y, defenses=("none",), suite=suite, diagnostics=False,
+                              normalize=(mean, std))
+    assert list(plain.results["robust"]) == list(normed.results["robust"])
+    assert parse_normalization("0.1307,0.3081") == ((0.1307,), (0.3081,))
+    assert parse_normalization("0.4/0.5/0.6,0.2/0.2/0.3") == ((0.4, 0.5, 0.6), (0.2, 0.2, 0.3))
+    for bad in ("0.1", "a,b", "0.1,0", "0.1/0.2,0.3"):
+        with pytest.raises(RobenchError, match="--normalize"):
+            parse_normalization(bad)
+
+
+class _Affine(torch.nn.Module):
+    def __init__(self, scale: float, shift: float) -> None:
+        super().__init__()
+        self.scale, self.shift = scale, shift
+
+    def forward(self, x):
+        return x * self.scale + self.shift
