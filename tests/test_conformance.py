@@ -28,6 +28,7 @@ SMALL = {
     "apgd-ce": {"steps": 5},
     "apgd-dlr": {"steps": 5},
     "apgd-t": {"steps": 5, "n_target_classes": 2},
+    "fab-t": {"steps": 5},
     "pgd": {"steps": 5},
     "bim": {"steps": 3},
     "mifgsm": {"steps": 3},

@@ -7,9 +7,9 @@ it linearizes the boundary between the true class y and a class t,
     pi_k = {z : <w, z - x_k> + f = 0},   f = z_t(x_k) - z_y(x_k),   w = grad_x f(x_k),
 
 and projects both x_k and the clean point x_orig onto pi_k intersected with the data box
-(:func:`project_hyperplane_box`, the paper's box-constrained projection, Sec. 2.1 / Eq. 3),
-giving the perturbations delta_k and delta_orig. The step (Sec. 2.2, "biased gradient step" and
-"extrapolation") is
+(:func:`project_hyperplane_box`: the paper's Sec. 2.1, "Projection on a hyperplane with box
+constraints", Eq. 3), giving the perturbations delta_k and delta_orig. The step (Sec. 2.2, the FAB
+algorithm: "biased gradient step" and "extrapolation") is
 
     alpha   = min(||delta_k|| / (||delta_k|| + ||delta_orig||), alpha_max)
     x_{k+1} = clip_box((1 - alpha) (x_k + eta delta_k) + alpha (x_orig + eta delta_orig)),
@@ -21,11 +21,12 @@ The targeted version (Croce & Hein 2020, used as FAB-T in AutoAttack) fixes t to
 likely other class of the clean logits, k = 1 .. n_target_classes (fewer when the model has fewer
 classes: min(n_target_classes, classes - 1)), and attacks each target with ``restarts`` runs of
 ``steps`` iterations: the first run of a target starts at x_orig, further ones at a random point on
-the sphere of radius eps / 2 (the reference code's random start). As in AutoAttack, a run only sees
-the examples that no earlier target or restart has broken within eps, and an example's proposal is
-its smallest-norm adversarial iterate if that lies within eps, else the clean input (``verify``
-decides; an attack never does). Within a run every example does all ``steps`` iterations, as in
-the reference, so the recorded point is the smallest perturbation found, not the first.
+the sphere of radius eps / 2, clipped to the bounds (the reference code's random start). As in
+AutoAttack, a run only sees the examples that no earlier target or restart has broken within eps,
+and an example's proposal is its smallest-norm adversarial iterate if that lies within eps, else
+the clean input (``verify`` decides; an attack never does). Within a run every example does all
+``steps`` iterations, as in the reference, so the recorded point is the smallest perturbation
+found, not the first.
 
 Queries (forward rows, times the target's ``queries_per_row``): one forward+backward pass of an
 example counts one, as in APGD. The gradient of the two-logit difference z_t - z_y is one backward
@@ -65,8 +66,9 @@ def project_hyperplane_box(x: Tensor, w: Tensor, c: Tensor, lo: float, hi: float
         min ||delta||_p   s.t.   <w, delta> = c,   lo <= x + delta <= hi,   p in {inf, 2},
 
     i.e. ``x + delta`` is the box-constrained projection of ``x`` onto the hyperplane
-    {z : <w, z> + b = 0} with c = -(<w, x> + b) (Croce & Hein 2020, Sec. 2.1, Eq. 3; they show the
-    problem reduces to a one-dimensional search solvable in O(d log d)). The reduction used here:
+    {z : <w, z> + b = 0} with c = -(<w, x> + b) (Croce & Hein 2020, Sec. 2.1 "Projection on a
+    hyperplane with box constraints", Eq. 3; they show the problem reduces to a one-dimensional
+    search solvable in O(d log d)). The reduction used here:
     write s = sign(c), v = s w, a_i = |w_i|, and r_i >= 0 the room coordinate i has in the
     direction sign(v_i) (hi - x_i if v_i > 0, x_i - lo if v_i < 0). The optimal delta moves every
     coordinate towards the hyperplane, delta_i = sign(v_i) * (amount_i), and
