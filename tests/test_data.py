@@ -56,3 +56,50 @@ def test_missing_npz_and_unknown_dataset():
         load_dataset("nowhere/mnist.npz")
     with pytest.raises(RobenchError, match="unknown dataset 'digitz'.*did you mean 'digits'"):
         load_dataset("digitz")
+
+
+def test_mnist_is_the_real_digits_split_4000_1000_with_its_threat_models():
+    from robench.data import load_mnist
+
+    data = load_mnist()
+    assert data.x_train.shape == (4000, 1, 28, 28) and data.x_test.shape == (1000, 1, 28, 28)
+    assert data.x_test.min() >= 0 and data.x_test.max() <= 1 and data.num_classes == 10
+    assert torch.bincount(data.y_test).tolist() == [100] * 10, "stratified: 100 test digits per class"
+    assert data.default_epsilon("linf") == 0.3 and data.default_epsilon("l2") == 2.0
+    assert torch.equal(load_mnist().x_test, data.x_test), "the split is fixed"
+
+
+def test_npz_with_its_own_splits_is_used_as_given_in_file_order(tmp_path):
+    rng = np.random.default_rng(1)
+    x_test = rng.integers(0, 256, size=(7, 5, 5), dtype=np.uint8)
+    y_test = np.arange(7) % 3
+    path = tmp_path / "given.npz"
+    np.savez(path, x_test=x_test, y_test=y_test)
+    data = load_dataset(str(path))
+    assert len(data.x_test) == 7 and len(data.x_train) == 0, "nothing is split off a given test set"
+    assert torch.equal(data.y_test, torch.from_numpy(y_test).long())
+    assert torch.allclose(data.x_test[:, 0], torch.from_numpy(x_test).float() / 255)
+    np.savez(path, x_test=x_test, y_test=y_test, x_train=x_test, y_train=y_test)
+    assert len(load_dataset(str(path)).x_train) == 7
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x_test": np.zeros((4, 3, 3)), "y_test": np.zeros(4, int), "x": np.zeros((4, 3, 3)), "y": np.zeros(4, int)}, "keep one form"),
+    ({"x_test": np.zeros((4, 3, 3))}, "without y_test"),
+    ({"x_train": np.zeros((4, 3, 3)), "y_train": np.zeros(4, int)}, "no x_test/y_test"),
+    ({"x_test": np.float32(1.0), "y_test": np.zeros(4, int)}, "one row per example"),
+])
+def test_npz_split_mistakes_are_one_line(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(RobenchError, match=message):
+        load_dataset(str(path))
+
+
+def test_trained_defenses_refuse_a_data_set_without_a_training_split(tmp_path):
+    from robench.data import dataset_from_splits
+    from robench.defenses.robust_training import adversarial_training
+
+    data = dataset_from_splits("given", np.zeros((4, 1, 8, 8), np.float32), np.arange(4) % 2)
+    with pytest.raises(RobenchError, match="training split"):
+        adversarial_training(data=data)

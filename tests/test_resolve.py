@@ -130,3 +130,34 @@ class _Affine(torch.nn.Module):
 
     def forward(self, x):
         return x * self.scale + self.shift
+
+
+def test_a_cascade_gives_each_attack_only_what_is_left_and_breaks_the_same_examples(tmp_path):
+    """A deterministic target and batch-independent attacks: each example meets each attack as it
+    would outside the cascade, so the worst case is the same; later attacks are given fewer."""
+    from robench_testing import conv_problem
+
+    model, x, y, _ = conv_problem("cascade", n=24)
+    plain = write_suite(tmp_path, TINY_SUITE, "plain.toml")
+    cascade = write_suite(tmp_path, "cascade = true\n" + TINY_SUITE, "cascade.toml")
+    runs = {name: robench.evaluate(model, x, y, defenses=("none",), suite=suite, epsilons=(0.1,), diagnostics=True)
+            for name, suite in (("plain", plain), ("cascade", cascade))}
+    rows = {name: run.results.set_index("attack") for name, run in runs.items()}
+    assert rows["cascade"].loc["worst-case", "robust"] == rows["plain"].loc["worst-case", "robust"]
+    pgd = rows["plain"].loc["pgd"]
+    broken_by_pgd = int(round(pgd["clean_accuracy"] * pgd["n_examples"])) - int(pgd["robust"])
+    assert broken_by_pgd > 0, "the case must let the first attack break something"
+    assert rows["cascade"].loc["pgd", "attacked"] == rows["plain"].loc["pgd", "attacked"] == len(x)
+    assert rows["cascade"].loc["spsa", "attacked"] == len(x) - broken_by_pgd
+    assert rows["cascade"].loc["spsa", "queries_mean"] < rows["plain"].loc["spsa", "queries_mean"]
+    examples = runs["cascade"].examples
+    skipped = examples[(examples.attack == "spsa") & ~examples.attacked.astype(bool)]
+    assert (skipped["queries"] == 0).all() and len(skipped) == broken_by_pgd
+
+
+def test_epsilon_defaults_to_the_data_sets_standard_one(tmp_path):
+    model, x, y = _sequences()
+    evaluation = robench.evaluate(model, x, y, defenses=("none",), suite=write_suite(tmp_path, TINY_SUITE), norm="l2",
+                                  diagnostics=False)
+    assert set(evaluation.results["epsilon"]) == {1.0}
+    assert evaluation.run["config"]["epsilons"] == [1.0], "run.json records the epsilon that ran"
