@@ -114,7 +114,7 @@ def test_fab_finds_nearly_minimal_adversarials_on_a_linear_model(linear_binary, 
     seeds = rng.example_seeds(0, "fab-linear", torch.arange(len(x)))
     for factor, expected in ((1.05, True), (2.0, True), (0.95, False)):
         threat = ThreatModel(norm, distance * factor, (-100.0, 100.0))
-        result = FABT(steps=20, max_batch=64).run(linear_binary, x, y, threat, seeds=seeds)
+        result = FABT(steps=20, early_stop=False, max_batch=64).run(linear_binary, x, y, threat, seeds=seeds)
         check = verify(linear_binary, x, result.x_adv, y, threat)
         assert (check.broken == expected).all(), factor
         if expected:  # the smallest adversarial found, even when the ball is twice as large
@@ -165,12 +165,12 @@ def test_targets_are_the_next_most_likely_classes_and_later_ones_only_see_unbrok
     steps = 10
     first_only = FABT(steps=steps, n_target_classes=1).run(model, x, y, threat, seeds=seeds)
     assert not verify(model, x, first_only.x_adv, y, threat).broken.any()  # class 1 is out of reach
-    both = FABT(steps=steps, n_target_classes=2).run(model, x, y, threat, seeds=seeds)
+    both = FABT(steps=steps, n_target_classes=2, early_stop=False).run(model, x, y, threat, seeds=seeds)
     check = verify(model, x, both.x_adv, y, threat)
     assert check.broken.all() and (check.distance <= 0.1 * 1.02).all()  # class 2 is 0.1 away
     assert (model(both.x_adv).argmax(1) == 2).all()
     # 9 targets asked for, 2 possible: the same attack, and the same queries
-    nine = FABT(steps=steps).run(model, x, y, threat, seeds=seeds)
+    nine = FABT(steps=steps, early_stop=False).run(model, x, y, threat, seeds=seeds)
     assert torch.equal(nine.x_adv, both.x_adv) and torch.equal(nine.queries, both.queries)
 
 
@@ -187,7 +187,7 @@ def test_query_counts_are_exact_on_a_linear_model(linear_binary, norm, restarts)
     for factor, runs in ((1.5, 1), (0.5, restarts)):  # broken in the first run / never broken
         threat = ThreatModel(norm, 0.1 * factor, (-100.0, 100.0))
         counter = QueryCounter(linear_binary)
-        result = FABT(steps=steps, restarts=restarts, max_batch=4).run(counter, x, y, threat, seeds=seeds)
+        result = FABT(steps=steps, restarts=restarts, early_stop=False, max_batch=4).run(counter, x, y, threat, seeds=seeds)
         assert (result.queries == runs * 2 * steps).all(), factor
         assert counter.rows == int(result.queries.sum())
 
@@ -197,7 +197,7 @@ def test_query_counts_match_the_rows_the_target_answered():
     threat = ThreatModel("linf", 0.01)
     counter = QueryCounter(model)
     steps, targets = 8, 4  # five classes: four targets
-    result = FABT(steps=steps, max_batch=5).run(counter, x, y, threat, seeds=seeds)
+    result = FABT(steps=steps, early_stop=False, max_batch=5).run(counter, x, y, threat, seeds=seeds)
     assert counter.rows == int(result.queries.sum())
     broken = verify(model, x, result.x_adv, y, threat).broken
     assert broken.any() and (~broken).any()
@@ -224,8 +224,8 @@ def test_queries_are_counted_in_the_targets_rows(linear_binary):
     y = linear_binary(x).argmax(1)
     seeds = rng.example_seeds(0, "fab-cost", torch.arange(len(x)))
     threat = ThreatModel("linf", 0.15, (-100.0, 100.0))
-    plain = FABT(steps=5).run(linear_binary, x, y, threat, seeds=seeds)
-    costly = FABT(steps=5).run(_Costly(linear_binary), x, y, threat, seeds=seeds)
+    plain = FABT(steps=5, early_stop=False).run(linear_binary, x, y, threat, seeds=seeds)
+    costly = FABT(steps=5, early_stop=False).run(_Costly(linear_binary), x, y, threat, seeds=seeds)
     assert torch.equal(costly.queries, 3 * plain.queries)
 
 
@@ -275,3 +275,15 @@ def test_registered_with_autoattacks_defaults():
     assert "steps=100" in repr(attack) and "n_target_classes=9" in repr(attack)
     with pytest.raises(TypeError):
         FABT(100)  # keyword-only
+
+
+def test_early_stop_breaks_the_same_examples_for_fewer_passes():
+    """Stopping an example at its first adversarial within epsilon changes no verdict, only cost."""
+    model, x, y, seeds = conv_problem("fab-early", 16)
+    for eps in (0.02, 0.05):
+        threat = ThreatModel("linf", eps)
+        full = FABT(steps=15, n_target_classes=3, early_stop=False).run(model, x, y, threat, seeds=seeds)
+        early = FABT(steps=15, n_target_classes=3).run(model, x, y, threat, seeds=seeds)
+        assert torch.equal(verify(model, x, full.x_adv, y, threat).broken, verify(model, x, early.x_adv, y, threat).broken)
+        assert (early.queries <= full.queries).all()
+    assert (early.queries < full.queries).any(), "some broken example must have stopped early"
