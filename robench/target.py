@@ -273,13 +273,24 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def loss_and_gradient(
-    target: nn.Module, x: Tensor, y: Tensor, *, loss: Callable[[Tensor, Tensor], Tensor] = cross_entropy, max_batch: int,
+    target: nn.Module, x: Tensor, y: Tensor, *, loss: Callable[..., Tensor] = cross_entropy, max_batch: int,
+    extra: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row ``loss(logits, y)``, the input gradient of its sum, and whether each row is still
-    classified correctly, in chunks of at most ``max_batch`` rows: the one loop every gradient
-    attack and diagnostic shares. Raises :class:`NoGradient` when the output does not depend on
-    the input through autograd (a ``no_grad`` or NumPy step inside the target)."""
-    losses, grads, correct = [], [], []
+    """Per-row ``loss(logits, y)`` (``loss(logits, y, extra)`` when per-row ``extra`` is given, e.g.
+    target classes), the input gradient of its sum, and whether each row is still classified
+    correctly, in chunks of at most ``max_batch`` rows: the one loop every gradient attack and
+    diagnostic shares. Raises :class:`NoGradient` when the output does not depend on the input
+    through autograd (a ``no_grad`` or NumPy step inside the target)."""
+    losses, grads, logits = loss_gradient_logits(target, x, y, loss=loss, max_batch=max_batch, extra=extra)
+    return losses, grads, logits.argmax(1) == y
+
+
+def loss_gradient_logits(
+    target: nn.Module, x: Tensor, y: Tensor, *, loss: Callable[..., Tensor] = cross_entropy, max_batch: int,
+    extra: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`loss_and_gradient` that returns the (detached, float32) logits instead of 'still correct'."""
+    losses, grads, all_logits = [], [], []
     for start in range(0, len(x), max_batch):
         xb = x[start : start + max_batch].detach().requires_grad_(True)
         yb = y[start : start + max_batch]
@@ -287,16 +298,17 @@ def loss_and_gradient(
             logits = target(xb)
             if not logits.requires_grad:
                 raise NoGradient("the output does not depend on the input through autograd")
-            row_loss = loss(logits.float(), yb)
+            logits = logits.float()
+            row_loss = loss(logits, yb) if extra is None else loss(logits, yb, extra[start : start + max_batch])
             (grad,) = torch.autograd.grad(row_loss.sum(), xb, allow_unused=True)
         if grad is None:
             raise NoGradient("the loss does not depend on the input through autograd")
         losses.append(row_loss.detach())
         grads.append(grad)
-        correct.append(logits.detach().argmax(1) == yb)
+        all_logits.append(logits.detach())
     if len(grads) == 1:
-        return losses[0], grads[0], correct[0]
-    return torch.cat(losses), torch.cat(grads), torch.cat(correct)
+        return losses[0], grads[0], all_logits[0]
+    return torch.cat(losses), torch.cat(grads), torch.cat(all_logits)
 
 
 class QueryCounter(nn.Module):

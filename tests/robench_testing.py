@@ -71,3 +71,19 @@ class SignalNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(torch.relu(self.conv(x)).flatten(1))
+
+
+def assert_batch_independent(attack, chunked_attack, model, x, y, threat, seeds, rows=(0, 5, 9)) -> None:
+    """An example's proposal and query count do not depend on its batch or the chunk size, and the
+    same seeds give the same result (``chunked_attack``: the same attack with a small max_batch)."""
+    batched = attack.run(model, x, y, threat, seeds=seeds)
+    chunked = chunked_attack.run(model, x, y, threat, seeds=seeds)
+    assert torch.allclose(chunked.x_adv, batched.x_adv, atol=1e-5)
+    assert torch.equal(chunked.queries, batched.queries)
+    for i in rows:
+        single = attack.run(model, x[i : i + 1], y[i : i + 1], threat, seeds=seeds[i : i + 1])
+        assert torch.allclose(single.x_adv, batched.x_adv[i : i + 1], atol=1e-5)
+        assert single.queries.item() == batched.queries[i].item()
+    again = attack.run(model, x, y, threat, seeds=seeds)
+    assert torch.equal(again.x_adv, batched.x_adv) and torch.equal(again.queries, batched.queries)
+    return batched

@@ -40,7 +40,6 @@ misclassified iterates before the last step), plus one pass at the start of ever
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +48,7 @@ from robench.attacks.base import Attack, AttackResult
 from robench.batching import fastest_batch_size
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import NoGradient, check_logits, logits_in_chunks, queries_per_row
+from robench.target import check_logits, logits_in_chunks, loss_gradient_logits, queries_per_row
 from robench.threat import ThreatModel, random_delta
 
 #: radius of the random start of restarts after the first, relative to eps (reference code)
@@ -124,33 +123,20 @@ def project_hyperplane_box(x: Tensor, w: Tensor, c: Tensor, lo: float, hi: float
     return (torch.sign(v) * amount).to(dtype)
 
 
-def _difference_and_gradient(
-    target: nn.Module, x: Tensor, y: Tensor, classes: Tensor | Callable[[Tensor], Tensor], max_batch: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per row f = z_t - z_y, its input gradient (one backward of one scalar per row), the logits
-    and t, in chunks of at most ``max_batch`` rows. ``classes`` is t per row, or a function that
-    picks t from a chunk's logits (the clean pass, where the logits choose the targets)."""
-    fs, grads, all_logits, ts = [], [], [], []
-    for start in range(0, len(x), max_batch):
-        xb = x[start : start + max_batch].detach().requires_grad_(True)
-        yb = y[start : start + max_batch]
-        with torch.enable_grad():
-            logits = target(xb)
-            if not logits.requires_grad:
-                raise NoGradient("the output does not depend on the input through autograd")
-            logits = logits.float()
-            tb = classes(logits.detach()) if callable(classes) else classes[start : start + max_batch]
-            f = logits.gather(1, tb.view(-1, 1)).squeeze(1) - logits.gather(1, yb.view(-1, 1)).squeeze(1)
-            (grad,) = torch.autograd.grad(f.sum(), xb, allow_unused=True)
-        if grad is None:
-            raise NoGradient("the logits do not depend on the input through autograd")
-        fs.append(f.detach())
-        grads.append(grad)
-        all_logits.append(logits.detach())
-        ts.append(tb)
-    if len(fs) == 1:
-        return fs[0], grads[0], all_logits[0], ts[0]
-    return torch.cat(fs), torch.cat(grads), torch.cat(all_logits), torch.cat(ts)
+def _difference(logits: Tensor, labels: Tensor, classes: Tensor) -> Tensor:
+    """f = z_t - z_y per row: FAB's linearized boundary between the label and the target class t."""
+    return logits.gather(1, classes.view(-1, 1)).squeeze(1) - logits.gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+def _difference_and_gradient(target: nn.Module, x: Tensor, y: Tensor, classes: Tensor,
+                             max_batch: int) -> tuple[Tensor, Tensor, Tensor]:
+    """f = z_t - z_y per row, its input gradient and the logits (``target.loss_gradient_logits``)."""
+    return loss_gradient_logits(target, x, y, loss=_difference, extra=classes, max_batch=max_batch)
+
+
+def _runner_up(logits: Tensor, labels: Tensor) -> Tensor:
+    """f towards the most likely other class: the clean pass, where the logits choose the targets."""
+    return _difference(logits, labels, _by_likelihood(logits)[:, 1])
 
 
 def _by_likelihood(logits: Tensor) -> Tensor:
@@ -211,7 +197,7 @@ class FABT(Attack):
         seeds = seeds.to(x.device)
         eps = threat.epsilon
         # the clean pass: its logits rank the targets, and it is the start of target 1's first run
-        f, grad, logits, _ = _difference_and_gradient(target, x0, y, lambda z: _by_likelihood(z)[:, 1], max_batch)
+        f, grad, logits = loss_gradient_logits(target, x0, y, loss=_runner_up, max_batch=max_batch)
         check_logits(logits, n)
         ranking = _by_likelihood(logits)
         queries = torch.ones(n, dtype=torch.long, device=x.device)
@@ -234,7 +220,7 @@ class FABT(Attack):
                         delta = random_delta(threat.norm, RANDOM_START_RADIUS * eps, tuple(x.shape[1:]), seeds=seeds[todo],
                                              counter=counter, surface=True, dtype=x.dtype, device=x.device)
                         start = threat.clip_to_bounds(x_t + delta)
-                    f_t, grad_t, _, _ = _difference_and_gradient(target, start, y_t, t, max_batch)
+                    f_t, grad_t, _ = _difference_and_gradient(target, start, y_t, t, max_batch)
                     queries[todo] += 1
                 found, norm, used = self._single_run(target, x_t, y_t, t, start, f_t, grad_t, threat, max_batch)
                 queries[todo] += used
@@ -283,7 +269,7 @@ class FABT(Attack):
                 with torch.no_grad():
                     logits = logits_in_chunks(target, current, max_batch)
             else:
-                f, grad, logits, _ = _difference_and_gradient(target, current, y_a, t_a, max_batch)
+                f, grad, logits = _difference_and_gradient(target, current, y_a, t_a, max_batch)
             fooled = logits.argmax(1) != y_a
             norm = threat.distance(current, x_a).float()
             better = fooled & (norm < found_norm[index])
@@ -304,7 +290,7 @@ class FABT(Attack):
                 # backward step towards the clean point, and the linearization there
                 pulled = x_a[back] + self.beta * (current[back] - x_a[back])
                 current[back] = pulled
-                f[back], grad[back], _, _ = _difference_and_gradient(target, pulled, y_a[back], t_a[back], max_batch)
+                f[back], grad[back], _ = _difference_and_gradient(target, pulled, y_a[back], t_a[back], max_batch)
                 used[index[back]] += 1
         return found, found_norm, used
 

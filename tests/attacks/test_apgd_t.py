@@ -9,7 +9,7 @@ from robench.errors import RobenchError
 from robench.target import QueryCounter
 from robench.threat import ThreatModel
 from robench.verify import verify
-from robench_testing import conv_problem
+from robench_testing import assert_batch_independent, conv_problem
 
 
 class HiddenClass(nn.Module):
@@ -161,15 +161,8 @@ def test_an_example_gets_the_same_result_alone_in_a_batch_or_in_chunks(norm, eps
     model, x, y, seeds = conv_problem("apgd-t")
     threat = ThreatModel(norm, eps)
     attack = APGDT(steps=10, n_target_classes=3, restarts=2, max_batch=64)
-    batched = attack.run(model, x, y, threat, seeds=seeds)
-    chunked = APGDT(steps=10, n_target_classes=3, restarts=2, max_batch=3).run(model, x, y, threat, seeds=seeds)
-    assert torch.allclose(chunked.x_adv, batched.x_adv, atol=1e-5)
-    assert torch.equal(chunked.queries, batched.queries)
-    for i in (0, 5, 9):
-        single = attack.run(model, x[i : i + 1], y[i : i + 1], threat, seeds=seeds[i : i + 1])
-        assert torch.allclose(single.x_adv, batched.x_adv[i : i + 1], atol=1e-5)
-        assert single.queries.item() == batched.queries[i].item()
-    assert torch.equal(attack.run(model, x, y, threat, seeds=seeds).x_adv, batched.x_adv)
+    batched = assert_batch_independent(attack, APGDT(steps=10, n_target_classes=3, restarts=2, max_batch=3),
+                                       model, x, y, threat, seeds)
     assert not torch.equal(attack.run(model, x, y, threat, seeds=seeds + 1).x_adv, batched.x_adv)
 
 

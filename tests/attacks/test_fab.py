@@ -13,7 +13,7 @@ from robench.errors import RobenchError
 from robench.target import QueryCounter
 from robench.threat import ThreatModel
 from robench.verify import verify
-from robench_testing import at_distance, conv_problem
+from robench_testing import assert_batch_independent, at_distance, conv_problem
 
 
 def _projection_cases(n=40, d=4, lo=0.0, hi=1.0):
@@ -241,16 +241,8 @@ def test_an_example_gets_the_same_result_alone_in_a_batch_or_in_chunks(norm, eps
     model, x, y, seeds = conv_problem("fab")
     threat = ThreatModel(norm, eps)
     attack = FABT(steps=12, restarts=2, n_target_classes=2, max_batch=64)
-    batched = attack.run(model, x, y, threat, seeds=seeds)
-    chunked = FABT(steps=12, restarts=2, n_target_classes=2, max_batch=3).run(model, x, y, threat, seeds=seeds)
-    assert torch.allclose(chunked.x_adv, batched.x_adv, atol=1e-5)
-    assert torch.equal(chunked.queries, batched.queries)
-    for i in (0, 5, 9):
-        single = attack.run(model, x[i : i + 1], y[i : i + 1], threat, seeds=seeds[i : i + 1])
-        assert torch.allclose(single.x_adv, batched.x_adv[i : i + 1], atol=1e-5)
-        assert single.queries.item() == batched.queries[i].item()
-    again = attack.run(model, x, y, threat, seeds=seeds)
-    assert torch.equal(again.x_adv, batched.x_adv) and torch.equal(again.queries, batched.queries)
+    batched = assert_batch_independent(attack, FABT(steps=12, restarts=2, n_target_classes=2, max_batch=3),
+                                       model, x, y, threat, seeds)
     # the random starts of later restarts come from the seeds alone
     other = attack.run(model, x, y, threat, seeds=seeds + 1)
     assert not torch.equal(other.queries, batched.queries)

@@ -11,7 +11,7 @@ from robench.registry import attacks
 from robench.target import QueryCounter
 from robench.threat import ThreatModel
 from robench.verify import verify
-from robench_testing import at_distance, conv_problem
+from robench_testing import assert_batch_independent, at_distance, conv_problem
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.5), ("l2", 3.0), ("linf", 0.01), ("l2", 0.05)])
@@ -51,16 +51,8 @@ def test_an_example_gets_the_same_result_alone_in_a_batch_or_in_chunks_and_for_t
     model, x, y, seeds = conv_problem("pgd", 12, pin_bounds=True)
     threat = ThreatModel(norm, eps)
     attack = PGD(steps=15, rel_stepsize=0.1, restarts=2, max_batch=64)
-    batched = attack.run(model, x, y, threat, seeds=seeds)
-    chunked = PGD(steps=15, rel_stepsize=0.1, restarts=2, max_batch=3).run(model, x, y, threat, seeds=seeds)
-    assert torch.allclose(chunked.x_adv, batched.x_adv, atol=1e-5)
-    assert torch.equal(chunked.queries, batched.queries)
-    for i in (0, 5, 9):
-        single = attack.run(model, x[i : i + 1], y[i : i + 1], threat, seeds=seeds[i : i + 1])
-        assert torch.allclose(single.x_adv, batched.x_adv[i : i + 1], atol=1e-5)
-        assert single.queries.item() == batched.queries[i].item()
-    again = attack.run(model, x, y, threat, seeds=seeds)
-    assert torch.equal(again.x_adv, batched.x_adv) and torch.equal(again.queries, batched.queries)
+    batched = assert_batch_independent(attack, PGD(steps=15, rel_stepsize=0.1, restarts=2, max_batch=3),
+                                       model, x, y, threat, seeds)
     assert not torch.equal(attack.run(model, x, y, threat, seeds=seeds + 1).x_adv, batched.x_adv)
 
 
