@@ -143,12 +143,18 @@ def parse_suite_card(data: dict[str, Any], where: str) -> SuiteCard:
     return SuiteCard(data["name"], tuple(specs), data.get("description", ""), where, cascade=data.get("cascade", False))
 
 
+#: the environment variable that names extra card folders (os.pathsep-separated), each holding
+#: defenses/ and attacks/; ``robench evaluate --cards DIR`` adds to it
+CARDS_ENV = "ROBENCH_CARDS"
+
+
 def card_dirs(kind: str) -> list[Path]:
-    """Where named cards are looked up: ``$ROBENCH_CARDS/<kind>``, ``./<kind>``, the source tree's."""
+    """Where named cards are looked up: the folders the user named (``$ROBENCH_CARDS``, or
+    ``--cards DIR``), then robench's own. Never the current directory by default: a card names code
+    to run, and a card that merely lies in the folder one works in was not named by the user."""
     dirs: list[Path] = []
-    if os.environ.get("ROBENCH_CARDS"):
-        dirs += [Path(p) / kind for p in os.environ["ROBENCH_CARDS"].split(os.pathsep) if p]
-    dirs.append(Path.cwd() / kind)
+    if os.environ.get(CARDS_ENV):
+        dirs += [Path(p) / kind for p in os.environ[CARDS_ENV].split(os.pathsep) if p]
     dirs.append(Path(__file__).resolve().parent.parent / kind)
     unique: list[Path] = []
     for d in dirs:

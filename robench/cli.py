@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from robench.console import friendly_errors, setup_logging
+from robench.console import TRACEBACK_ENV, friendly_errors, setup_logging
 from robench.errors import RobenchError
 
 log = logging.getLogger("robench")
@@ -16,8 +17,11 @@ log = logging.getLogger("robench")
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="robench")
-def main() -> None:
+@click.option("--traceback", "show_trace", is_flag=True, help="On an error, print the full traceback too.")
+def main(show_trace: bool) -> None:
     """robench: adversarial-robustness evaluation that weak attacks cannot fool."""
+    if show_trace:
+        os.environ[TRACEBACK_ENV] = "1"
 
 
 @main.command()
@@ -26,7 +30,8 @@ def main() -> None:
 @click.option("--model", default="cnn", show_default=True, help="Registered model, or package.module:callable returning a trained nn.Module.")
 @click.option("--defense", "defenses", multiple=True, help="Defense card name or path (repeatable). Default: every registered defense in the default set.")
 @click.option("--suite", default="quick", show_default=True, help="Attack suite card name or path.")
-@click.option("--norm", default="linf", show_default=True, help="Threat model norm: linf or l2.")
+@click.option("--norm", type=click.Choice(["linf", "l2"], case_sensitive=False), default="linf", show_default=True,
+              help="Threat model norm.")
 @click.option("--epsilon", "epsilons", multiple=True, type=float, help="Perturbation budget (repeatable). Default: the data set's standard one for the norm (robench list).")
 @click.option("--n-examples", default=100, show_default=True, type=int, help="Test examples to attack.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Run seed; every random choice derives from it.")
@@ -41,11 +46,16 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write results, examples, diagnostics, run.json and report.html here.")
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Finish an interrupted run in this directory (same options).")
 @click.option("--quiet", is_flag=True, help="Only the final table.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: torch's own). On a busy machine 1 is often fastest.")
+@click.option("--cards", "card_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="A folder holding defenses/ and attacks/ cards to look named cards up in first (repeatable; also $ROBENCH_CARDS). The current directory is never searched by default.")
 @friendly_errors
 def evaluate(
     dataset: str, model: str, defenses: tuple[str, ...], suite: str, norm: str, epsilons: tuple[float, ...],
     n_examples: int, seed: int, device: str, max_batch: int | None, shard_size: int, no_diagnostics: bool, normalize: str | None,
-    executor: str, address: str | None, out: str | None, resume: str | None, quiet: bool,
+    executor: str, address: str | None, out: str | None, resume: str | None, quiet: bool, threads: int | None,
+    card_dirs: tuple[str, ...],
 ) -> None:
     """Attack every defense with every attack of a suite; report worst-case robust accuracy."""
     setup_logging(quiet)
@@ -58,6 +68,15 @@ def evaluate(
     from robench.target import parse_normalization
 
     normalization = parse_normalization(normalize) if normalize else None
+    if card_dirs:
+        from robench.cards import CARDS_ENV
+
+        named = os.pathsep.join(str(Path(d).resolve()) for d in card_dirs)
+        os.environ[CARDS_ENV] = os.pathsep.join(p for p in (named, os.environ.get(CARDS_ENV, "")) if p)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if max_batch is not None and max_batch < 1:
         raise RobenchError(f"--max-batch must be >= 1, got {max_batch}")
     if resume and out and Path(resume).resolve() != Path(out).resolve():

@@ -89,6 +89,9 @@ def import_reference(reference: str, kind: str = "object") -> Callable[..., Any]
             f"cannot import module {module_name!r} for {kind} {reference!r} ({exc}); "
             "check the name and that it is on PYTHONPATH"
         ) from None
+    except (Exception, SystemExit) as exc:  # a syntax error, or code that raises or exits at import
+        what = f"exited with {exc.code!r}" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}: {str(exc).strip()[:200]}"
+        raise RobenchError(f"importing module {module_name!r} for {kind} {reference!r} {what}; fix the module") from None
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,6 +21,7 @@ from torch import Tensor, nn
 from robench.attacks.base import Attack
 from robench.cards import AttackSpec, DefenseCard, SuiteCard, all_defense_cards, load_defense_card, load_suite_card
 from robench.data import Dataset, load_dataset, n_features, select_examples
+from robench.console import one_line
 from robench.errors import RobenchError
 from robench.registry import Entry
 from robench.registry import attacks as attack_registry
@@ -30,12 +34,6 @@ from robench.threat import ThreatModel
 log = logging.getLogger(__name__)
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
-
-
 def accepts(fn: Any, name: str) -> bool:
     """Whether ``fn`` takes a keyword ``name`` (or any keyword)."""
     try:
@@ -43,6 +41,42 @@ def accepts(fn: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def declared_types(fn: Any) -> dict[str, Any]:
+    """The type hints of a factory's parameters (a class: its ``__init__``'s); {} if unreadable."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - hints that do not resolve: nothing to check against
+        return {}
+
+
+def check_value(what: str, name: str, value: Any, hint: Any) -> None:
+    """A card value must be of its parameter's declared type: an integer is an integer (1.5 is not
+    truncated), a number is finite, a flag is true or false. Checked for every factory, by its hints."""
+    if hint is None:
+        return
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return
+    if bool in allowed:
+        if isinstance(value, bool):
+            return
+    if int in allowed and not isinstance(value, bool) and isinstance(value, int):
+        return
+    if float in allowed and not isinstance(value, bool) and isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise RobenchError(f"{what}: parameter {name} must be a finite number, got {value!r}")
+        return
+    simple = [t for t in allowed if t in (bool, int, float, str)]
+    if not simple or (len(simple) < len([t for t in allowed if t is not type(None)])):
+        return  # a richer type (a tuple, a tensor, a class): the factory checks it itself
+    if str in allowed and isinstance(value, str):
+        return
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    expected = " or ".join(words[t] for t in simple)
+    raise RobenchError(f"{what}: parameter {name} must be {expected}, got {type(value).__name__} {value!r}")
 
 
 def call_factory(fn: Any, what: str, *args: Any, **params: Any) -> Any:
@@ -57,13 +91,15 @@ def call_factory(fn: Any, what: str, *args: Any, **params: Any) -> Any:
         unknown = sorted(set(params) - set(valid))
         if unknown:
             raise RobenchError(f"{what}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(valid) or '(none)'}")
+    for name, value in params.items():
+        check_value(what, name, value, declared_types(fn).get(name))
     try:
         return fn(*args, **params)
     except RobenchError:
         raise
     except TypeError as exc:
         raise RobenchError(f"{what}: bad parameters ({exc})") from None
-    except Exception as exc:  # user code that fails while building: a bad input, said in one line
+    except (Exception, SystemExit) as exc:  # user code that fails while building: a bad input, said in one line
         raise RobenchError(f"{what} raised {one_line(exc)}; fix it or check its parameters") from None
 
 
@@ -86,7 +122,7 @@ def load_model(spec: str, data: Dataset) -> nn.Module:
         model = entry.factory() if ":" in spec and not accepts(entry.factory, "data") else entry.factory(data)
     except RobenchError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise RobenchError(f"model {spec!r} raised {one_line(exc)} while loading; fix the callable or its data") from None
     if not isinstance(model, nn.Module):
         raise RobenchError(f"model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")

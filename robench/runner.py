@@ -21,7 +21,8 @@ from robench.data import Dataset
 from robench.errors import RobenchError
 from robench.executors import make_executor
 from robench.plan import Unit, plan_units
-from robench.resolve import Context, build_context, one_line, validate_targets
+from robench.console import one_line
+from robench.resolve import Context, build_context, validate_targets
 from robench.spec import EvalConfig, config_dict
 from robench.store import RunStore
 from robench.units import UnitResult, execute_in_worker, execute_unit

@@ -23,7 +23,8 @@ from robench.attacks.adaptive import adaptive_target, needs_adaptation
 from robench.attacks.base import Attack
 from robench.cards import AttackSpec
 from robench.plan import Unit
-from robench.resolve import Context, build_context, one_line
+from robench.console import one_line
+from robench.resolve import Context, build_context
 from robench.schema import EXAMPLE_COLUMNS
 from robench.spec import EvalConfig
 from robench.target import is_randomized, reseed
