@@ -81,6 +81,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def parse_toml(text: str, where: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
+    except RecursionError:
+        raise RobenchError(f"card {where!r} is nested too deeply to be a card; see the README's 'Cards' section") from None
     except tomllib.TOMLDecodeError as exc:
         raise RobenchError(f"card {where!r} is not valid TOML: {exc}; see the README's 'Cards' section for the format") from None
 

@@ -30,8 +30,7 @@ def main(show_trace: bool) -> None:
 @click.option("--model", default="cnn", show_default=True, help="Registered model, or package.module:callable returning a trained nn.Module.")
 @click.option("--defense", "defenses", multiple=True, help="Defense card name or path (repeatable). Default: every registered defense in the default set.")
 @click.option("--suite", default="quick", show_default=True, help="Attack suite card name or path.")
-@click.option("--norm", type=click.Choice(["linf", "l2"], case_sensitive=False), default="linf", show_default=True,
-              help="Threat model norm.")
+@click.option("--norm", default="linf", show_default=True, help="Threat model norm: linf or l2 (any case).")
 @click.option("--epsilon", "epsilons", multiple=True, type=float, help="Perturbation budget (repeatable). Default: the data set's standard one for the norm (robench list).")
 @click.option("--n-examples", default=100, show_default=True, type=int, help="Test examples to attack.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Run seed; every random choice derives from it.")
@@ -46,16 +45,17 @@ def main(show_trace: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write results, examples, diagnostics, run.json and report.html here.")
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Finish an interrupted run in this directory (same options).")
 @click.option("--quiet", is_flag=True, help="Only the final table.")
+@click.option("--force", is_flag=True, help="Write into an --out folder that holds files robench did not write (never deleting them).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: torch's own). On a busy machine 1 is often fastest.")
-@click.option("--cards", "card_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
+@click.option("--cards", "card_dirs", multiple=True, type=click.Path(file_okay=False),
               help="A folder holding defenses/ and attacks/ cards to look named cards up in first (repeatable; also $ROBENCH_CARDS). The current directory is never searched by default.")
 @friendly_errors
 def evaluate(
     dataset: str, model: str, defenses: tuple[str, ...], suite: str, norm: str, epsilons: tuple[float, ...],
     n_examples: int, seed: int, device: str, max_batch: int | None, shard_size: int, no_diagnostics: bool, normalize: str | None,
-    executor: str, address: str | None, out: str | None, resume: str | None, quiet: bool, threads: int | None,
-    card_dirs: tuple[str, ...],
+    executor: str, address: str | None, out: str | None, resume: str | None, quiet: bool, force: bool,
+    threads: int | None, card_dirs: tuple[str, ...],
 ) -> None:
     """Attack every defense with every attack of a suite; report worst-case robust accuracy."""
     setup_logging(quiet)
@@ -67,10 +67,14 @@ def evaluate(
     from robench.table import summary_table
     from robench.target import parse_normalization
 
+    norm = norm.strip().lower()
     normalization = parse_normalization(normalize) if normalize else None
     if card_dirs:
         from robench.cards import CARDS_ENV
 
+        for folder in card_dirs:
+            if not Path(folder).is_dir():
+                raise RobenchError(f"--cards {folder}: no such folder; give a folder holding defenses/ and attacks/ cards")
         named = os.pathsep.join(str(Path(d).resolve()) for d in card_dirs)
         os.environ[CARDS_ENV] = os.pathsep.join(p for p in (named, os.environ.get(CARDS_ENV, "")) if p)
     if threads is not None:
@@ -82,6 +86,8 @@ def evaluate(
     if resume and out and Path(resume).resolve() != Path(out).resolve():
         raise RobenchError("--resume DIR writes into DIR; drop --out or give the same directory")
     target_dir = resume or out
+    if target_dir and not resume:
+        RunStore(target_dir).check_owned(force=force)  # before anything is created there
     out_dir = prepare_out_dir(target_dir) if target_dir else None
     config = EvalConfig(
         dataset=dataset, model=model, defenses=tuple(defenses), suite=suite, norm=norm,
@@ -93,7 +99,7 @@ def evaluate(
     progress = UnitProgress(enabled=not quiet)
     try:
         evaluation = evaluate_config(config, store=store, executor=executor, address=address,
-                                     on_unit=progress.update, on_plan=progress.start, resume=bool(resume))
+                                     on_unit=progress.update, on_plan=progress.start, resume=bool(resume), force=force)
     except KeyboardInterrupt:
         progress.close()
         if out_dir is not None:

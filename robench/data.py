@@ -159,6 +159,8 @@ def load_npz(path: str | Path, *, seed: int = 0, test_fraction: float = 0.3) -> 
     return dataset_from_arrays(path.stem, arrays["x"], arrays["y"], seed=seed, test_fraction=test_fraction)
 
 
+#: labels are class indices 0..K-1; a larger label is a mistake (an id, a regression target)
+MAX_CLASSES = 1 << 20
 #: a 3-D array (N, A, B) with A at most this is N sequences of A channels, else N one-channel images
 SEQUENCE_MAX_CHANNELS = 4
 
@@ -172,6 +174,8 @@ def validate_arrays(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray
         raise RobenchError(f"data set {name!r}: y must be a 1-D integer array of labels, got {y.dtype} with shape {y.shape}")
     if len(y) and y.min() < 0:
         raise RobenchError(f"data set {name!r}: labels must be >= 0, found {int(y.min())}")
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise RobenchError(f"data set {name!r}: labels must be class indices below {MAX_CLASSES:,}, found {int(y.max()):,}")
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     elif np.issubdtype(x.dtype, np.floating):
@@ -196,6 +200,7 @@ def validate_arrays(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray
 
 def dataset_from_arrays(name: str, x: np.ndarray, y: np.ndarray, *, seed: int = 0, test_fraction: float = 0.3) -> Dataset:
     """Validate user arrays (see ``validate_arrays``) and split them into train and test."""
+    x, y = _array(x, "x"), _array(y, "y")
     if len(x) < 4:
         raise RobenchError(f"data set {name!r} has {len(x)} examples; need at least 4")
     x, y = validate_arrays(name, x, y)

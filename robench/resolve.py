@@ -280,3 +280,24 @@ def validate_targets(ctx: Context) -> None:
                 f"labels go up to {top_label} but defense {name!r} on model {ctx.config.model!r} has {n_classes} "
                 "outputs; use a model trained for this data set"
             )
+
+
+def fingerprints(ctx: Context) -> dict[str, str]:
+    """What the names in a configuration stood for, by content: the data, each card, the model's
+    weights. A resume compares them, so a run never mixes rows of two versions of one file."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    def digest(payload: object) -> str:
+        return hashlib.blake2b(json.dumps(payload, sort_keys=True, default=str).encode(), digest_size=10).hexdigest()
+
+    weights = hashlib.blake2b(digest_size=10)
+    for name, tensor in sorted(ctx.model.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    found = {"dataset": ctx.data.fingerprint, "model weights": weights.hexdigest(),
+             f"suite {ctx.suite.name!r}": digest({**asdict(ctx.suite), "source": ""})}
+    for name, card in ctx.cards.items():
+        found[f"defense card {name!r}"] = digest({**asdict(card), "source": ""})
+    return found

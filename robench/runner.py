@@ -22,7 +22,7 @@ from robench.errors import RobenchError
 from robench.executors import make_executor
 from robench.plan import Unit, plan_units
 from robench.console import one_line
-from robench.resolve import Context, build_context, validate_targets
+from robench.resolve import Context, build_context, fingerprints, validate_targets
 from robench.spec import EvalConfig, config_dict
 from robench.store import RunStore
 from robench.units import UnitResult, execute_in_worker, execute_unit
@@ -43,41 +43,55 @@ def evaluate_config(
     resume: bool = False,
     model: nn.Module | None = None,
     data: Dataset | None = None,
+    force: bool = False,
 ) -> Evaluation:
     """Plan the run, execute the units not already stored, and assemble the tables.
 
     With a ``store``, every finished unit is written at once (atomically), so an interrupted run
-    resumes where it stopped (``resume=True`` refuses a store made with another configuration).
-    ``model`` and ``data`` objects stand in for the configuration's names (``robench.evaluate``);
-    such a run executes locally.
+    resumes where it stopped (``resume=True`` refuses a store made with another configuration or
+    other content). The store is this process's for the call (a lock file), and a new run refuses
+    a folder holding files robench did not write unless ``force``. ``model`` and ``data`` objects
+    stand in for the configuration's names (``robench.evaluate``); such a run executes locally.
     """
     started = time.time()
     if store is not None and resume:
-        store.check_resumable(config_dict(config))
+        store.check_resumable(config_dict(config))  # the names, before the slow part
+    elif store is not None:
+        store.check_owned(force=force)
     if (model is not None or data is not None) and executor != "local":
         raise RobenchError("model and data objects run on the local executor only (Ray workers rebuild the run from "
                            "names); name a registered model or module:callable and a data set to use Ray")
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda):
-        ctx = build_context(config, model=model, data=data)
-        validate_targets(ctx)
-        results = _run_units(ctx, store, executor, address, on_unit, on_plan, resume)
-        return assemble(ctx, results, started, executor)
+    if store is not None:
+        store.lock()
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            ctx = build_context(config, model=model, data=data)
+            validate_targets(ctx)
+            results = _run_units(config, ctx, store, executor, address, on_unit, on_plan, resume)
+            return assemble(ctx, results, started, executor)
+    finally:
+        if store is not None:
+            store.unlock()
 
 
 def _run_units(
-    ctx: Context, store: RunStore | None, executor: str, address: str | None,
+    config: EvalConfig, ctx: Context, store: RunStore | None, executor: str, address: str | None,
     on_unit: Callable[[UnitResult], None] | None, on_plan: Callable[[list[Unit], int], None] | None, resume: bool,
 ) -> list[UnitResult]:
-    """Every unit's result in plan order: stored ones loaded, the rest run and stored as they finish."""
+    """Every unit's result in plan order: stored ones loaded, the rest run and stored as they finish.
+    ``config`` is the configuration as given (what plan.json stores and a resume compares)."""
     runner = make_executor(executor, address=address, device=ctx.device)
-    config = ctx.config
     units = plan_units(ctx.cards, ctx.threats, ctx.attacks, n_examples=len(ctx.x), shard_size=config.shard_size,
                        diagnostics=config.diagnostics, cascade=ctx.suite.cascade)
     if store is not None:
-        if not resume:
+        contents = fingerprints(ctx)
+        if resume:
+            store.check_resumable(config_dict(config), contents)  # and now the content the names stand for
+            store.clear_tables()
+        else:
             store.clear()  # --out starts anew; only now that the input is known to be good
-        store.write_plan(config_dict(config))
+        store.write_plan(config_dict(config), contents)
     done: dict[str, UnitResult] = {}
     for unit in units:
         if store is not None and store.is_done(unit.store_key):

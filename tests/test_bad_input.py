@@ -72,6 +72,13 @@ USER_CODE = textwrap.dedent('''
         return Flaky(model)
 ''')
 
+#: modules that fail at import, each imported by name from a --model reference
+BROKEN_MODULES = {
+    "robench_syntax_error": "def broken(:\n",
+    "robench_raises_at_import": "raise RuntimeError('no GPU here')\n",
+    "robench_exits_at_import": "import sys\nsys.exit(3)\n",
+}
+
 
 def _write(tmp: Path, name: str, text: str) -> str:
     path = tmp / name
@@ -145,6 +152,33 @@ CASES = [
     ("npz-missing-array", lambda t: ["--dataset", _npz(t, "d.npz", images=GOOD_X, y=GOOD_Y)], "lacks array(s) x"),
     ("npz-not-a-zip", lambda t: ["--dataset", _write(t, "d.npz", "not a zip")], "cannot read npz file"),
     ("address-without-ray", lambda t: ["--address", "127.0.0.1:1"], "--address is for --executor ray"),
+    # values of the wrong type or range, checked against each parameter's declared type
+    ("suite-steps-not-integer", lambda t: ["--suite", _write(t, "s.toml", 'name = "s"\n[[attack]]\nattack = "pgd"\n[attack.params]\nsteps = 1.5\n')],
+     "steps must be an integer"),
+    ("suite-steps-nan", lambda t: ["--suite", _write(t, "s.toml", 'name = "s"\n[[attack]]\nattack = "pgd"\n[attack.params]\nrel_stepsize = nan\n')],
+     "must be a finite number"),
+    ("suite-flag-not-bool", lambda t: ["--suite", _write(t, "s.toml", 'name = "s"\n[[attack]]\nattack = "pgd"\n[attack.params]\nrandom_start = "yes"\n')],
+     "random_start must be true or false"),
+    ("card-bits-not-integer", lambda t: ["--defense", _card(t, 'name = "x"\nfactory = "bit_depth"\n[params]\nbits = 2.5\n')],
+     "bits must be an integer"),
+    ("suite-cascade-not-bool", lambda t: ["--suite", _write(t, "s.toml", 'name = "s"\ncascade = 1\n[[attack]]\nattack = "pgd"\n')],
+     "'cascade' must be a true/false"),
+    ("card-nested-deeply", lambda t: ["--defense", _card(t, 'name = "x"\nfactory = "bit_depth"\nparams = ' + "[" * 1000 + "]" * 1000 + "\n")],
+     "card"),
+    # user code that fails while it is imported
+    ("model-module-syntax-error", lambda t: ["--model", "robench_syntax_error:f"], "raised SyntaxError"),
+    ("model-module-raises-at-import", lambda t: ["--model", "robench_raises_at_import:f"], "raised RuntimeError: no GPU here"),
+    ("model-module-exits-at-import", lambda t: ["--model", "robench_exits_at_import:f"], "exited with 3"),
+    # devices and data
+    ("device-cuda-index-without-cuda", lambda t: ["--device", "cuda:0"], "no CUDA device is available"),
+    ("npz-x-is-a-scalar", lambda t: ["--dataset", _npz(t, "d.npz", x=np.float32(1.0), y=GOOD_Y)], "one row per example"),
+    ("npz-labels-huge", lambda t: ["--dataset", _npz(t, "d.npz", x=GOOD_X, y=GOOD_Y * 10**12)], "class indices below"),
+    ("npz-both-forms", lambda t: ["--dataset", _npz(t, "d.npz", x=GOOD_X, y=GOOD_Y, x_test=GOOD_X, y_test=GOOD_Y)], "keep one form"),
+    ("npz-test-without-labels", lambda t: ["--dataset", _npz(t, "d.npz", x_test=GOOD_X)], "without y_test"),
+    ("normalize-malformed", lambda t: ["--normalize", "0.5"], "--normalize '0.5'"),
+    ("normalize-zero-std", lambda t: ["--normalize", "0.5,0"], "stds > 0"),
+    ("normalize-wrong-channels", lambda t: ["--normalize", "0.5/0.5/0.5,0.2/0.2/0.2"], "channel(s)"),
+    ("cards-dir-missing", lambda t: ["--cards", str(t / "nowhere")], "nowhere"),
 ]
 
 
@@ -152,9 +186,13 @@ CASES = [
 def user_code(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "robench_user_code.py").write_text(USER_CODE)
-    sys.modules.pop("robench_user_code", None)
+    for name, text in BROKEN_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    for name in ("robench_user_code", *BROKEN_MODULES):
+        sys.modules.pop(name, None)
     yield
-    sys.modules.pop("robench_user_code", None)
+    for name in ("robench_user_code", *BROKEN_MODULES):
+        sys.modules.pop(name, None)
 
 
 def test_the_table_is_large_enough():
