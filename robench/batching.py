@@ -1,4 +1,12 @@
-"""Choose a forward batch size by a short timed probe of the target.
+"""Forward batch sizes: a fixed size from the input's size (what attacks use), and a timed probe.
+
+Attacks chunk their forwards by :func:`chunk_rows`, which depends on the shape of one input and
+nothing else: a convolution's last float32 bits can follow the batch size its kernel runs at, so a
+size chosen by timing would let the load on the machine change a number (issue 13). The timed
+probe :func:`fastest_batch_size` stays for benchmarks and for users who pass its answer as
+``--max-batch``.
+
+The probe:
 
 Per-row cost is not monotone in batch size: on a CPU a forward of ~1,000 rows costs about half
 as much per row as one of 65,000 (activations fall out of cache), while on a GPU larger batches
@@ -20,6 +28,22 @@ from torch import Tensor, nn
 from robench.target import is_randomized, probe_target
 
 log = logging.getLogger(__name__)
+
+#: input elements per chunk: about 1,000 rows of 1 x 28 x 28 (the sweet spot per row measured on a
+#: CPU), 4,096 rows of 8 x 8, 256 of 3 x 32 x 32
+CHUNK_ELEMENTS = 1 << 20
+#: the smallest and largest chunk :func:`chunk_rows` picks
+CHUNK_MIN, CHUNK_MAX = 64, 4096
+
+
+def chunk_rows(example: Tensor) -> int:
+    """Rows per forward chunk for inputs like ``example`` (one input, or a batch): a power of two
+    from the size of one input alone, so no number depends on timing or on the machine."""
+    row = example[0] if example.dim() > 1 and example.shape[0] >= 1 else example
+    elements = max(int(row.numel()), 1)
+    rows = max(CHUNK_MIN, min(CHUNK_MAX, CHUNK_ELEMENTS // elements))
+    return 1 << (rows.bit_length() - 1)
+
 
 #: a forward this slow is large enough: bigger batches would not amortize anything more
 SLOW_FORWARD_S = 0.1

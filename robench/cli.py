@@ -35,7 +35,7 @@ def main(show_trace: bool) -> None:
 @click.option("--n-examples", default=100, show_default=True, type=int, help="Test examples to attack.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Run seed; every random choice derives from it.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--max-batch", type=int, default=None, help="Largest forward batch (rows); default: chosen by a timed probe.")
+@click.option("--max-batch", type=int, default=None, help="Largest forward batch (rows); default: fixed by the input size (never by timing).")
 @click.option("--shard-size", default=256, show_default=True, type=int, help="Examples per work unit.")
 @click.option("--no-diagnostics", is_flag=True, help="Skip the gradient-masking probes.")
 @click.option("--normalize", default=None, metavar="MEAN,STD",

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.attacks.base import Attack
+from robench.batching import chunk_rows
 from robench.cards import AttackSpec, DefenseCard, SuiteCard, all_defense_cards, load_defense_card, load_suite_card
 from robench.data import Dataset, load_dataset, n_features, select_examples
 from robench.console import one_line
@@ -253,7 +254,7 @@ def build_context(config: EvalConfig, *, model: nn.Module | None = None, data: D
         model = Normalized(model, tuple(mean), tuple(std)).eval()
     model = model.to(device)
     return Context(config, data, x, y, ids, device, model, {c.name: c for c in cards}, suite, attacks, threats,
-                   config.max_batch or 4096, models={c.name: attacked_model(c, config.model) for c in cards})
+                   config.max_batch or chunk_rows(x), models={c.name: attacked_model(c, config.model) for c in cards})
 
 
 @torch.no_grad()

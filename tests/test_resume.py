@@ -113,3 +113,28 @@ def test_results_do_not_depend_on_the_shard_size(tmp_path, suite):
         floats = [c for c in ("margin", "distance") if c in got.columns]
         pd.testing.assert_frame_equal(got.drop(columns=floats), want.drop(columns=floats))
         pd.testing.assert_frame_equal(got[floats], want[floats], check_exact=False, rtol=1e-4, atol=1e-5)
+
+
+def test_results_do_not_depend_on_the_forward_chunk_size(tmp_path, suite):
+    """--max-batch 3 against the default chunk: every decision and query count exactly the same."""
+    tables = []
+    for chunk in ([], ["--max-batch", "3"]):
+        out = tmp_path / f"chunk{len(chunk)}"
+        result = CliRunner().invoke(main, ["evaluate", "--defense", "none", "--defense", "bit-depth-3", "--suite", str(suite),
+                                           "--n-examples", "12", "--no-diagnostics", "--quiet", "--out", str(out), *chunk])
+        assert result.exit_code == 0, result.output
+        tables.append(_numbers(out))
+    for got, want in zip(*tables):
+        floats = [c for c in ("margin", "distance") if c in got.columns]
+        pd.testing.assert_frame_equal(got.drop(columns=floats), want.drop(columns=floats))
+        pd.testing.assert_frame_equal(got[floats], want[floats], check_exact=False, rtol=1e-4, atol=1e-5)
+
+
+def test_the_default_chunk_depends_on_the_input_size_alone():
+    import torch
+
+    from robench.batching import chunk_rows
+
+    assert chunk_rows(torch.zeros(5, 1, 8, 8)) == chunk_rows(torch.zeros(1, 8, 8)) == 4096
+    assert chunk_rows(torch.zeros(1, 1, 28, 28)) == 1024 and chunk_rows(torch.zeros(2, 3, 32, 32)) == 256
+    assert chunk_rows(torch.zeros(1, 3, 224, 224)) == 64

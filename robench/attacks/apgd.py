@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench.attacks.base import Attack, AttackResult
-from robench.batching import fastest_batch_size
+from robench.batching import chunk_rows
 from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.target import check_logits, logits_in_chunks, loss_and_gradient, queries_per_row
@@ -135,7 +135,7 @@ class APGD(Attack):
         raise NotImplementedError
 
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
-        max_batch = self.max_batch or fastest_batch_size(target, x)
+        max_batch = self.max_batch or chunk_rows(x)
         x_adv, queries = self._runs(target, x.detach(), y, seeds, threat, max_batch, [(r, None) for r in range(self.restarts)],
                                     per_row=queries_per_row(target))
         return AttackResult(x_adv, queries)
@@ -291,7 +291,7 @@ class APGDT(APGD):
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         if len(x) == 0:
             return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
-        max_batch = self.max_batch or fastest_batch_size(target, x)
+        max_batch = self.max_batch or chunk_rows(x)
         per_row = queries_per_row(target)
         x0 = x.detach()
         clean = check_logits(logits_in_chunks(target, x0, max_batch), len(x0)).float()  # one forward row each, counted

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.attacks.base import Attack, AttackResult
-from robench.batching import fastest_batch_size
+from robench.batching import chunk_rows
 from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.target import check_logits, logits_in_chunks, loss_gradient_logits, queries_per_row
@@ -191,7 +191,7 @@ class FABT(Attack):
         n = len(x)
         if n == 0:
             return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
-        max_batch = self.max_batch or fastest_batch_size(target, x)
+        max_batch = self.max_batch or chunk_rows(x)
         per_row = queries_per_row(target)
         x0 = x.detach()
         seeds = seeds.to(x.device)

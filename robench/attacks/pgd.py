@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.attacks.base import Attack, AttackResult
-from robench.batching import fastest_batch_size
+from robench.batching import chunk_rows
 from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.target import logits_in_chunks, loss_and_gradient, queries_per_row
@@ -81,7 +81,7 @@ class PGD(Attack):
         steps, step_size = self.schedule(threat)
         if len(x) == 0:
             return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
-        max_batch = self.max_batch or fastest_batch_size(target, x)
+        max_batch = self.max_batch or chunk_rows(x)
         per_row = queries_per_row(target)
         x0 = x.detach()
         seeds = seeds.to(x.device)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from robench import rng
 from robench.attacks.base import Attack, AttackResult
-from robench.batching import fastest_batch_size
+from robench.batching import chunk_rows
 from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.target import is_randomized, logits_in_chunks, margin
@@ -82,7 +82,7 @@ class SPSA(Attack):
 
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         n, shape = len(x), tuple(x.shape[1:])
-        max_batch = self.max_batch or fastest_batch_size(target, x)
+        max_batch = self.max_batch or chunk_rows(x)
         draws = self.loss_draws if is_randomized(target) else 1
         x0 = x.detach().flatten(1)
         x_adv = x0.clone()

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from robench import rng
 from robench.attacks.base import Attack, AttackResult
-from robench.batching import fastest_batch_size
+from robench.batching import chunk_rows
 from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.target import IMAGE, logits_in_chunks, margin
@@ -170,7 +170,7 @@ class Square(Attack):
             )
         n, c, h, w = x.shape
         p_init = self.p_init if self.p_init is not None else (0.05 if threat.norm == "linf" else 0.1)
-        max_batch = self.max_batch or fastest_batch_size(target, x)
+        max_batch = self.max_batch or chunk_rows(x)
         x0 = x.detach()
         eps = threat.epsilon
 

@@ -59,10 +59,10 @@ def test_lipschitz_layers_are_spectrally_normalised(tiny_data):
         (adversarial_training, {"epsilon": 0}, "epsilon must be a finite number > 0"),
         (adversarial_training, {"epsilon": 2.0}, "larger than the data range"),
         (adversarial_training, {"steps": 0}, "steps must be a positive integer"),
-        (adversarial_training, {"data": None}, "needs data="),
+        (adversarial_training, {"data": None}, "training split"),
         (lipschitz, {"logit_scale": 0}, "logit_scale must be a number > 0"),
         (lipschitz, {"epochs": 1.5}, "epochs must be a positive integer"),
-        (lipschitz, {"data": None}, "needs data="),
+        (lipschitz, {"data": None}, "training split"),
     ],
 )
 def test_bad_parameters(factory, params, message, tiny_data):

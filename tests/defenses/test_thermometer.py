@@ -55,7 +55,7 @@ def test_factory_trains_a_cached_classifier_on_the_encoding():
         ({"levels": 1}, "levels must be an integer"),
         ({"levels": 3.0}, "levels must be an integer"),
         ({"epochs": 0}, "epochs must be a positive integer"),
-        ({"data": None}, "needs data="),
+        ({"data": None}, "training split"),
     ],
 )
 def test_bad_parameters(params, message):
