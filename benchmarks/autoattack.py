@@ -107,7 +107,7 @@ def main() -> None:
         _robench(model, x[:8], y[:8], eps, "autoattack", args.seed)
         with torch.no_grad():
             clean = model(x).argmax(1) == y
-        row = {"target": name, "eps": eps, "n": n, "clean": int(clean.sum())}
+        row = {"target": name, "eps": eps, "n": n, "clean": int(clean.sum()), "load_average": round(os.getloadavg()[0], 1)}
         peer_broken = torch.zeros(n, dtype=torch.bool)
         for which in PEERS:
             x_peer, seconds = _peer(model, x, y, eps, args.seed, which)

@@ -67,13 +67,14 @@ class RayExecutor:
         if started_here:
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, ignore_reinit_error=True)
+                         configure_logging=False, ignore_reinit_error=True, runtime_env=_same_code_env())
             except Exception as exc:  # ConnectionError, a bad address, ...
                 raise RobenchError(f"cannot start or reach Ray at {self.address or 'a local instance'} ({exc}); "
                                    "check --address or use --executor local") from None
         pending: dict[Any, Item] = {}
         try:
-            task = ray.remote(num_cpus=1, num_gpus=self.gpus, max_retries=0)(_call_in_worker)
+            # a task lost with its worker process runs once more elsewhere before it counts as failed
+            task = ray.remote(num_cpus=1, num_gpus=self.gpus, max_retries=1, retry_exceptions=False)(_call_in_worker)
             work_ref = ray.put(work)
             pending = {task.remote(work_ref, item): item for item in items}
             while pending:
@@ -92,6 +93,19 @@ class RayExecutor:
         finally:
             if started_here:
                 ray.shutdown()
+
+
+def _same_code_env() -> dict[str, Any]:
+    """Workers import the package this process runs (its folder first on their path), never a
+    ``robench/`` folder that happens to lie in their working directory."""
+    import os
+    from pathlib import Path
+
+    import robench
+
+    root = str(Path(robench.__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
 
 
 def make_executor(name: str, *, address: str | None = None, device: torch.device | None = None) -> Executor:
