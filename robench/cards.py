@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,8 @@ def card_dirs(kind: str) -> list[Path]:
     dirs: list[Path] = []
     if os.environ.get(CARDS_ENV):
         dirs += [Path(p) / kind for p in os.environ[CARDS_ENV].split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parent.parent / kind)
+    dirs.append(Path(__file__).resolve().parent.parent / kind)  # the source tree (an editable install)
+    dirs.append(Path(sys.prefix) / "share" / "robench" / kind)  # a wheel's copy (setup.cfg data_files)
     unique: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [u.resolve() for u in unique]:

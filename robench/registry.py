@@ -77,17 +77,52 @@ class Registry:
         return self.entry(name).factory
 
 
-def import_reference(reference: str, kind: str = "object") -> Callable[..., Any]:
-    """Import ``package.module:attribute`` (trusted code, by the user's own choice)."""
-    module_name, _, attribute = reference.partition(":")
-    if not module_name or not attribute:
-        raise RobenchError(f"bad {kind} reference {reference!r}: write it as package.module:callable")
+def _load_file(path: str, reference: str, kind: str) -> Any:
+    """Import a module from a file path (``path/to/mymodels.py:net``), under a name of its own."""
+    import hashlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise RobenchError(f"{kind} reference {reference!r}: no file {str(file)!r}; give an existing .py file")
+    name = f"robench_user_{file.stem}_{hashlib.blake2b(str(file).encode(), digest_size=4).hexdigest()}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise RobenchError(f"{kind} reference {reference!r}: cannot load {str(file)!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(file.parent))  # its own imports of neighbouring files
     try:
-        module = importlib.import_module(module_name)
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        sys.path.remove(str(file.parent))
+    return module
+
+
+def import_reference(reference: str, kind: str = "object") -> Callable[..., Any]:
+    """Import ``package.module:attribute`` or ``path/to/file.py:attribute`` (trusted code, by the
+    user's own choice: a reference is the one way a card or a command line runs code)."""
+    module_name, _, attribute = reference.rpartition(":")
+    if not module_name or not attribute:
+        raise RobenchError(f"bad {kind} reference {reference!r}: write it as package.module:callable or path/to/file.py:callable")
+    try:
+        if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+            module = _load_file(module_name, reference, kind)
+        else:
+            module = importlib.import_module(module_name)
+    except RobenchError:
+        raise
     except ImportError as exc:
         raise RobenchError(
             f"cannot import module {module_name!r} for {kind} {reference!r} ({exc}); "
-            "check the name and that it is on PYTHONPATH"
+            "check the name and that it is on PYTHONPATH, or give the file: path/to/file.py:callable"
         ) from None
     except (Exception, SystemExit) as exc:  # a syntax error, or code that raises or exits at import
         what = f"exited with {exc.code!r}" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}: {str(exc).strip()[:200]}"

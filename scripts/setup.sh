@@ -19,5 +19,7 @@ if ! "$py" -c "import torch" 2>/dev/null; then
 fi
 target="."
 [ -n "$extras" ] && target=".[$extras]"
-"$py" -m pip install -q -e "$target"
+# compat: a path entry on sys.path rather than an import hook, so that a folder named robench in
+# the current directory (the clone itself, seen from its parent) can never shadow the package
+"$py" -m pip install -q -e "$target" --config-settings editable_mode=compat
 echo "robench installed in $("$py" -c 'import sys; print(sys.prefix)')" >&2
