@@ -13,7 +13,7 @@ import torch
 from robench.errors import RobenchError
 from robench.resolve import Context
 from robench.risk import summarize
-from robench.schema import empty_diagnostics, normalize_rows
+from robench.schema import KEYS, empty_diagnostics, normalize_rows
 from robench.spec import config_dict
 from robench.units import UnitResult
 
@@ -40,7 +40,7 @@ def assemble(ctx: Context, results: list[UnitResult], started: float, executor: 
     ]
     if not attack_rows:
         raise RobenchError(f"every unit of the run failed; first error: {failed[0]['error'] if failed else 'none'}")
-    examples = pd.concat(attack_rows, ignore_index=True)
+    examples = certified_per_example(ctx, pd.concat(attack_rows, ignore_index=True))
     run = {
         "config": config_dict(ctx.config),
         "seed": ctx.config.seed,
@@ -63,6 +63,29 @@ def assemble(ctx: Context, results: list[UnitResult], started: float, executor: 
     }
     return Evaluation(summarize(examples), examples.drop(columns=["seconds"]), run,
                       _diagnostics(ctx, examples, probe_rows), _adversarial(results))
+
+
+def certified_per_example(ctx: Context, examples: pd.DataFrame) -> pd.DataFrame:
+    """``certified`` on every row of an example some certifier certified, after the one check a
+    certificate must pass: no attack broke what a sound certifier (ibp, crown, milp) certified.
+    Smoothing certifies the smoothed classifier with probability 1 - alpha, not the defense's own
+    Monte-Carlo vote, so an attack may rightly break what it certified: it is exempt."""
+    if not ctx.certifiers:
+        return examples
+    keys = [*KEYS, "example"]
+    sound = [label for label, (spec, _) in ctx.certifiers.items() if spec.method != "smoothing"]
+    certified_rows = examples[examples["attack"].isin(sound) & (examples["certify_status"] == "certified")]
+    broken_rows = examples[~examples["attack"].isin(list(ctx.certifiers)) & examples["broken"].astype(bool)]
+    clash = certified_rows.merge(broken_rows, on=keys, suffixes=("", "_attack"))
+    if len(clash):
+        first = clash.iloc[0]
+        raise RobenchError(
+            f"soundness violation: certifier {first['attack']!r} certified example {int(first['example'])} of defense "
+            f"{first['defense']!r} at eps {first['epsilon']:g}, which attack {first['attack_attack']!r} broke "
+            f"({len(clash)} such case(s)); no result is reported. This is a bug in the certifier, or the model is "
+            "not deterministic: report it")
+    any_certified = examples.groupby(keys, sort=False, dropna=False)["certified"].transform("max").astype(bool)
+    return examples.assign(certified=any_certified)
 
 
 def _diagnostics(ctx: Context, examples: pd.DataFrame, probe_rows: list[pd.DataFrame]) -> pd.DataFrame:

@@ -51,6 +51,15 @@ class AttackSpec:
 
 
 @dataclass(frozen=True)
+class CertifySpec:
+    """A ``[[certify]]`` table of a suite: a certifier (``method``) and its parameters."""
+
+    method: str
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SuiteCard:
     name: str
     attacks: tuple[AttackSpec, ...]
@@ -58,6 +67,8 @@ class SuiteCard:
     source: str = ""
     #: each attack runs only on the examples no earlier attack of the suite broke (AutoAttack's way)
     cascade: bool = False
+    #: certifiers run beside the attacks: the other side of the bracket
+    certifiers: tuple[CertifySpec, ...] = ()
 
 
 DEFENSE_KEYS = {
@@ -65,7 +76,8 @@ DEFENSE_KEYS = {
     "differentiable": bool, "randomized": bool, "tolerance": (int, float),
     "default": bool,
 }
-SUITE_KEYS = {"name": str, "description": str, "attack": list, "cascade": bool}
+SUITE_KEYS = {"name": str, "description": str, "attack": list, "cascade": bool, "certify": list}
+CERTIFY_KEYS = {"method": str, "label": str, "params": dict}
 ATTACK_KEYS = {"attack": str, "label": str, "params": dict, "adaptive": bool, "eot_samples": int}
 
 
@@ -120,9 +132,11 @@ def parse_defense_card(data: dict[str, Any], where: str) -> DefenseCard:
 
 
 def parse_suite_card(data: dict[str, Any], where: str) -> SuiteCard:
-    _check_keys(data, SUITE_KEYS, f"suite card {where}", ("name", "attack"))
+    _check_keys(data, SUITE_KEYS, f"suite card {where}", ("name",))
+    if "attack" not in data and "certify" not in data:
+        raise RobenchError(f"suite card {where}: missing required key 'attack'; list [[attack]] (or [[certify]]) tables")
     specs: list[AttackSpec] = []
-    for i, entry in enumerate(data["attack"]):
+    for i, entry in enumerate(data.get("attack", [])):
         at = f"suite card {where}, attack #{i + 1}"
         if not isinstance(entry, dict):
             raise RobenchError(f"{at}: each [[attack]] must be a table")
@@ -135,15 +149,26 @@ def parse_suite_card(data: dict[str, Any], where: str) -> SuiteCard:
             raise RobenchError(f"{at}: eot_samples must be >= 1, got {eot}")
         specs.append(AttackSpec(entry["attack"], label, dict(entry.get("params", {})),
                                 adaptive=entry.get("adaptive", True), eot_samples=eot))
-    if not specs:
+    certifiers: list[CertifySpec] = []
+    for i, entry in enumerate(data.get("certify", [])):
+        at = f"suite card {where}, certify #{i + 1}"
+        if not isinstance(entry, dict):
+            raise RobenchError(f"{at}: each [[certify]] must be a table")
+        _check_keys(entry, CERTIFY_KEYS, at, ("method",))
+        label = entry.get("label", entry["method"])
+        if not _NAME.match(label):
+            raise RobenchError(f"{at}: label {label!r} must be letters, digits, '.', '_', '+' or '-'")
+        certifiers.append(CertifySpec(entry["method"], label, dict(entry.get("params", {}))))
+    if not specs and not certifiers:
         raise RobenchError(f"suite card {where}: lists no attacks; add at least one [[attack]] table")
-    labels = [s.label for s in specs]
+    labels = [s.label for s in specs] + [c.label for c in certifiers]
     duplicates = sorted({l for l in labels if labels.count(l) > 1})
     if duplicates:
         raise RobenchError(f"suite card {where}: label(s) {', '.join(duplicates)} used twice; give each attack a distinct label")
     if "worst-case" in labels:
         raise RobenchError(f"suite card {where}: 'worst-case' is reserved for the combined result; pick another label")
-    return SuiteCard(data["name"], tuple(specs), data.get("description", ""), where, cascade=data.get("cascade", False))
+    return SuiteCard(data["name"], tuple(specs), data.get("description", ""), where, cascade=data.get("cascade", False),
+                     certifiers=tuple(certifiers))
 
 
 #: the environment variable that names extra card folders (os.pathsep-separated), each holding

@@ -7,6 +7,7 @@ any shape for tests and benchmarks.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from torch import Tensor
 
 from robench.errors import RobenchError
 from robench.registry import datasets
+
+log = logging.getLogger(__name__)
 
 
 #: epsilons of a data set that declares none (the digits', where they were first measured)
@@ -176,13 +179,17 @@ def validate_arrays(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray
         raise RobenchError(f"data set {name!r}: labels must be >= 0, found {int(y.min())}")
     if len(y) and y.max() >= MAX_CLASSES:
         raise RobenchError(f"data set {name!r}: labels must be class indices below {MAX_CLASSES:,}, found {int(y.max()):,}")
+    if 0 in x.shape[1:]:
+        raise RobenchError(f"data set {name!r}: x has examples of shape {x.shape[1:]}, with no values; "
+                           "every example needs at least one value per axis")
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     elif np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise RobenchError(f"data set {name!r}: x holds NaN or infinite values")
-        if len(x) and (x.min() < 0.0 or x.max() > 1.0):
+        with np.errstate(over="ignore"):  # a huge value becomes inf, which the range check refuses
+            x = x.astype(np.float32)
+        if x.size and (x.min() < 0.0 or x.max() > 1.0):
             raise RobenchError(
                 f"data set {name!r}: float x must lie in [0, 1], found [{x.min():.3g}, {x.max():.3g}]; rescale it or save uint8"
             )
@@ -190,12 +197,45 @@ def validate_arrays(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray
         raise RobenchError(f"data set {name!r}: x must be uint8 or float, got {x.dtype}")
     if x.ndim == 3 and x.shape[1] > SEQUENCE_MAX_CHANNELS:
         x = x[:, None]  # (N, H, W): one-channel images
-    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+    elif x.ndim == 4 and _channels_last(name, x.shape):
         x = np.transpose(x, (0, 3, 1, 2))
     elif x.ndim not in (3, 4):
         raise RobenchError(f"data set {name!r}: x must have shape (N, H, W), (N, H, W, C) or (N, C, H, W) for images, "
                            f"or (N, C, L) with C <= {SEQUENCE_MAX_CHANNELS} for sequences; got {x.shape}")
     return np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64)
+
+
+#: channel counts that mark an axis as the channels of an image (grey, RGB)
+IMAGE_CHANNELS = (1, 3)
+
+
+def _could_be_channels(c: int, h: int, w: int) -> bool:
+    """Could an axis of length ``c`` hold the channels of ``h`` x ``w`` images? Grey or RGB, or
+    fewer channels than rows and columns (RGBA, multispectral)."""
+    return c in IMAGE_CHANNELS or c < min(h, w)
+
+
+def _channels_last(name: str, shape: tuple[int, ...]) -> bool:
+    """Whether a 4-D x is N x H x W x C (else N x C x H x W), read from its shape: channels-last
+    when the last axis holds 1 or 3 channels and the first does not, else channels-first. A shape
+    that the other reading fits as well (3 x 32 x 3), or that the chosen reading does not fit at
+    all (8 x 8 x 4 as 8 channels of 8 x 4), is refused: robench never guesses a layout silently."""
+    _, a, h, b = shape
+    last = b in IMAGE_CHANNELS and a not in IMAGE_CHANNELS
+    first_fits, last_fits = _could_be_channels(a, h, b), _could_be_channels(b, a, h)
+    save = "save x as N x C x H x W (numpy.transpose(x, (0, 3, 1, 2)) turns N x H x W x C into it)"
+    if shape[1:] == (1, 1, 1):
+        return False  # both readings are the same
+    if first_fits and last_fits:
+        raise RobenchError(f"data set {name!r}: x of shape {tuple(shape)} could be channels-first ({a} channel(s) of "
+                           f"{h} x {b}) or channels-last ({b} channel(s) of {a} x {h}); robench does not guess: "
+                           "store images whose channel axis is unambiguous, e.g. pad or crop them")
+    if not (last_fits if last else first_fits):
+        hint = save if not last and last_fits else "save x as N x C x H x W with fewer channels than rows and columns"
+        raise RobenchError(f"data set {name!r}: x of shape {tuple(shape)} read as {'channels-last' if last else 'channels-first'} "
+                           f"would be {(b if last else a)} channel(s) of {(f'{a} x {h}' if last else f'{h} x {b}')}, "
+                           f"which does not look like images; {hint}")
+    return last
 
 
 def dataset_from_arrays(name: str, x: np.ndarray, y: np.ndarray, *, seed: int = 0, test_fraction: float = 0.3) -> Dataset:
@@ -217,7 +257,7 @@ def dataset_from_splits(name: str, x_test: np.ndarray, y_test: np.ndarray, x_tra
         x_train, y_train = x_test[:0], y_test[:0]
     else:
         x_train, y_train = validate_arrays(f"{name} (train)", _array(x_train, "x_train"), _array(y_train, "y_train"))
-        if len(x_train) and x_train.shape[1:] != x_test.shape[1:]:
+        if x_train.shape[1:] != x_test.shape[1:]:
             raise RobenchError(f"data set {name!r}: x_train has examples of shape {x_train.shape[1:]} but x_test "
                                f"{x_test.shape[1:]}; they must match")
     num_classes = int(max(y_test.max(), y_train.max() if len(y_train) else 0)) + 1
@@ -245,7 +285,10 @@ def select_examples(data: Dataset, n_examples: int | None) -> tuple[Tensor, Tens
     n = len(data.x_test) if n_examples is None else n_examples
     if n < 1:
         raise RobenchError(f"--n-examples must be >= 1, got {n}")
-    n = min(n, len(data.x_test))
+    if n > len(data.x_test):
+        log.warning("--n-examples %d is more than the %d test examples of %s: attacking all %d",
+                    n, len(data.x_test), data.name, len(data.x_test))
+        n = len(data.x_test)
     ids = torch.arange(n)
     return data.x_test[:n], data.y_test[:n], ids
 

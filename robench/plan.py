@@ -58,14 +58,15 @@ def shards(n: int, shard_size: int) -> list[tuple[int, int]]:
 
 def plan_units(
     defenses: Iterable[str], epsilons: Iterable[float], attacks: Iterable[str], *, n_examples: int, shard_size: int,
-    diagnostics: bool, cascade: bool = False,
+    diagnostics: bool, cascade: bool = False, certifiers: Iterable[str] = (),
 ) -> list[Unit]:
     """Every unit of a run, in the order results are assembled (never the order they finish).
 
     Without a cascade, one unit per attack and shard (attacks are independent: they run in any
-    order, anywhere); with one, one unit per shard runs the suite's attacks in turn."""
+    order, anywhere); with one, one unit per shard runs the suite's attacks in turn. Each
+    certifier is a unit per shard of its own, like an attack."""
     cuts = shards(n_examples, shard_size)
-    labels, epsilons = ([CASCADE] if cascade else list(attacks)), list(epsilons)
+    labels, epsilons = ([CASCADE] if cascade else list(attacks)) + list(certifiers), list(epsilons)
     units = []
     for defense in defenses:
         for epsilon in epsilons:

@@ -197,6 +197,22 @@ def suite_attacks(suite: SuiteCard, config: EvalConfig, data: Dataset) -> dict[s
     return built
 
 
+def suite_certifiers(suite: SuiteCard, config: EvalConfig) -> dict[str, tuple[Any, Any]]:
+    """The suite's certifiers, built, each checked against the norm."""
+    if not suite.certifiers:
+        return {}
+    from robench.certify import make_certifier
+
+    built = {}
+    for spec in suite.certifiers:
+        certifier = make_certifier(spec.method, **spec.params)
+        if not certifier.supports(config.norm):
+            raise RobenchError(f"suite {suite.name!r}: certifier {spec.label!r} ({spec.method}) certifies "
+                               f"{' and '.join(certifier.norms)} balls only; use --norm {certifier.norms[0]} or drop it")
+        built[spec.label] = (spec, certifier)
+    return built
+
+
 @dataclass
 class Context:
     """What every unit of a run needs, resolved once per process from the configuration."""
@@ -215,6 +231,8 @@ class Context:
     max_batch: int
     #: per defense, what its rows call the model attacked
     models: dict[str, str] = field(default_factory=dict)
+    #: label -> (CertifySpec, certifier) of the suite's [[certify]] tables
+    certifiers: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     _targets: dict[str, nn.Module] = field(default_factory=dict)
 
     def target(self, defense: str) -> nn.Module:
@@ -239,6 +257,7 @@ def build_context(config: EvalConfig, *, model: nn.Module | None = None, data: D
     cards = defense_cards(config.defenses, data)
     suite = load_suite_card(config.suite)
     attacks = suite_attacks(suite, config, data)
+    certifiers = suite_certifiers(suite, config)
     epsilons = config.epsilons or (data.default_epsilon(config.norm),)
     threats = {float(e): ThreatModel(config.norm, float(e), data.bounds) for e in epsilons}  # type: ignore[arg-type]
     config = replace(config, epsilons=tuple(threats))  # what run.json records: the epsilons that ran
@@ -254,7 +273,8 @@ def build_context(config: EvalConfig, *, model: nn.Module | None = None, data: D
         model = Normalized(model, tuple(mean), tuple(std)).eval()
     model = model.to(device)
     return Context(config, data, x, y, ids, device, model, {c.name: c for c in cards}, suite, attacks, threats,
-                   config.max_batch or chunk_rows(x), models={c.name: attacked_model(c, config.model) for c in cards})
+                   config.max_batch or chunk_rows(x), models={c.name: attacked_model(c, config.model) for c in cards},
+                   certifiers=certifiers)
 
 
 @torch.no_grad()
@@ -276,6 +296,13 @@ def validate_targets(ctx: Context) -> None:
                 f"defense {name!r} on model {ctx.config.model!r} raised {one_line(exc)} on two test inputs of shape "
                 f"{tuple(ctx.x.shape[1:])}; check that the model fits the data set"
             ) from None
+        for label, (spec, certifier) in ctx.certifiers.items():
+            for threat in ctx.threats.values():
+                try:
+                    certifier.check(target, threat, tuple(ctx.x.shape[1:]))
+                except RobenchError as exc:
+                    raise RobenchError(f"certifier {label!r} cannot certify defense {name!r}: {exc}; name the defenses "
+                                       "it supports with --defense, or drop it from the suite") from None
         if top_label >= n_classes:
             raise RobenchError(
                 f"labels go up to {top_label} but defense {name!r} on model {ctx.config.model!r} has {n_classes} "

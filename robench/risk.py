@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import numpy as np
 import pandas as pd
 
 from robench.schema import KEYS, RESULT_COLUMNS, WORST_CASE
@@ -42,9 +43,18 @@ def worst_case_examples(examples: pd.DataFrame, *, attacks: Collection[str] | No
     return worst
 
 
+#: certify_status by strength: the worst case of an example says the strongest answer any certifier gave
+STATUS_RANK = {"": 0, "unknown": 1, "counterexample": 2, "certified": 3}
+
+
 def _with_attacked(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows stored before the ``attacked`` column: every clean-correct example was attacked."""
-    return rows if "attacked" in rows.columns else rows.assign(attacked=rows["clean_correct"])
+    """Rows stored before the ``attacked`` and certification columns: every clean-correct example
+    was attacked, and no certifier ran."""
+    if "attacked" not in rows.columns:
+        rows = rows.assign(attacked=rows["clean_correct"])
+    if "certify_status" not in rows.columns:
+        rows = rows.assign(certify_status="", certified=False)
+    return rows.assign(certify_status=rows["certify_status"].fillna("").astype(str))
 
 
 def worst_case(examples: pd.DataFrame) -> pd.DataFrame:
@@ -67,6 +77,11 @@ def worst_case(examples: pd.DataFrame) -> pd.DataFrame:
     index = pd.MultiIndex.from_frame(worst[[*KEYS, "example"]])
     worst["distance"] = min_distance.reindex(index).to_numpy()
     worst["margin"] = min_margin.reindex(index).to_numpy()
+    rank = attacked["certify_status"].map(STATUS_RANK).fillna(0)
+    best = rank.groupby([attacked[k] for k in (*KEYS, "example")], dropna=False).max()
+    names = {v: k for k, v in STATUS_RANK.items()}
+    worst["certify_status"] = best.reindex(index).map(names).fillna("").to_numpy()
+    worst["certified"] = worst["certify_status"] == "certified"
     worst["attack"] = WORST_CASE
     return worst[examples.columns.intersection(worst.columns, sort=False)]
 
@@ -76,6 +91,8 @@ def summarize(examples: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     frames = [_with_attacked(examples[examples["attack"] != WORST_CASE]), worst_case(examples)]
     rows = pd.concat(frames, ignore_index=True)
     rows["robust"] = rows["clean_correct"].astype(bool) & ~rows["broken"].astype(bool)
+    rows["own_certified"] = rows["certify_status"] == "certified"
+    rows["ran_certifier"] = rows["certify_status"] != ""
     group = rows.groupby([*KEYS, "attack"], sort=False, dropna=False)
     table = group.agg(
         n_examples=("example", "size"),
@@ -85,6 +102,8 @@ def summarize(examples: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
         queries_mean=("queries", "mean"),
         seconds=("seconds", "sum"),
         attacked=("attacked", "sum"),
+        certified=("own_certified", "sum"),
+        ran_certifier=("ran_certifier", "any"),
     ).reset_index()
     n = table["n_examples"].to_numpy()
     table["clean_accuracy"] = table["clean_correct"] / n
@@ -95,4 +114,13 @@ def summarize(examples: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     table["adversarial_risk_low"], table["adversarial_risk_high"] = 1.0 - high, 1.0 - low
     clean_low, clean_high = clopper_pearson(table["clean_correct"], n, confidence)
     table["clean_accuracy_low"], table["clean_accuracy_high"] = clean_low, clean_high
+    # the other side of the bracket, where a certifier ran: certified <= true <= robust (attacked)
+    certified_low, certified_high = clopper_pearson(table["certified"], n, confidence)
+    ran = table["ran_certifier"].to_numpy()
+    table["certified_accuracy"] = np.where(ran, table["certified"] / n, np.nan)
+    table["certified_accuracy_low"] = np.where(ran, certified_low, np.nan)
+    table["certified_accuracy_high"] = np.where(ran, certified_high, np.nan)
+    table["certified"] = np.where(ran, table["certified"], np.nan)
+    worst = (table["attack"] == WORST_CASE).to_numpy() & ran
+    table["unknown_fraction"] = np.where(worst, table["robust_accuracy"] - table["certified_accuracy"], np.nan)
     return table[list(RESULT_COLUMNS)]

@@ -83,7 +83,7 @@ def _run_units(
     ``config`` is the configuration as given (what plan.json stores and a resume compares)."""
     runner = make_executor(executor, address=address, device=ctx.device)
     units = plan_units(ctx.cards, ctx.threats, ctx.attacks, n_examples=len(ctx.x), shard_size=config.shard_size,
-                       diagnostics=config.diagnostics, cascade=ctx.suite.cascade)
+                       diagnostics=config.diagnostics, cascade=ctx.suite.cascade, certifiers=ctx.certifiers)
     if store is not None:
         contents = fingerprints(ctx)
         if resume:

@@ -21,10 +21,12 @@ WORST_CASE = "worst-case"
 KEYS: tuple[str, ...] = ("defense", "model", "dataset", "norm", "epsilon")
 
 #: examples.csv (and a unit's stored rows): one row per (defense, epsilon, attack, example);
-#: ``attacked``: the attack was given the example (clean-correct, and in a cascade unbroken so far)
+#: ``attacked``: the attack was given the example (clean-correct, and in a cascade unbroken so far);
+#: ``certified``: some certifier of the suite certified the example; ``certify_status``: on a
+#: certifier's rows ``certified``, ``counterexample`` or ``unknown``, empty where no certifier ran
 EXAMPLE_COLUMNS: tuple[str, ...] = (
     *KEYS, "attack", "example", "label", "clean_correct", "broken", "rejected", "queries", "distance",
-    "margin", "draws", "attacked", "seconds",
+    "margin", "draws", "attacked", "certified", "certify_status", "seconds",
 )
 #: examples.csv as written (per-unit seconds are kept in run.json's timings instead)
 EXAMPLE_FILE_COLUMNS: tuple[str, ...] = tuple(c for c in EXAMPLE_COLUMNS if c != "seconds")
@@ -36,6 +38,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "robust_accuracy", "robust_accuracy_low", "robust_accuracy_high",
     "adversarial_risk", "adversarial_risk_low", "adversarial_risk_high",
     "robust", "rejected", "queries_mean", "seconds", "attacked",
+    "certified", "certified_accuracy", "certified_accuracy_low", "certified_accuracy_high", "unknown_fraction",
 )
 #: what a reader of results.csv needs at least (older runs may lack the rest)
 RESULT_REQUIRED: tuple[str, ...] = (
@@ -50,7 +53,7 @@ DIAGNOSTIC_COLUMNS: tuple[str, ...] = ("defense", "epsilon", "check", "fired", "
 DIAGNOSTIC_REQUIRED: tuple[str, ...] = ("defense", "epsilon", "check", "fired")
 
 #: columns that hold names, kept as text whatever they look like (a defense called "1" stays "1")
-TEXT_COLUMNS: tuple[str, ...] = ("defense", "model", "dataset", "norm", "attack", "check", "detail")
+TEXT_COLUMNS: tuple[str, ...] = ("defense", "model", "dataset", "norm", "attack", "check", "detail", "certify_status")
 
 #: adversarial.npz: a few verified adversarial examples per unit, for the report's grid
 ADVERSARIAL_ARRAYS: tuple[str, ...] = ("defense", "epsilon", "attack", "example", "x", "x_adv")

@@ -8,6 +8,8 @@ from robench.schema import WORST_CASE
 
 #: marks an attack's cell when it was given fewer examples than were clean-correct (a cascade)
 PARTIAL = "*"
+#: marks a certifier's cell: certified accuracy, a lower bound
+CERTIFIED = ">="
 
 
 def summary_table(results: pd.DataFrame) -> str:
@@ -17,7 +19,7 @@ def summary_table(results: pd.DataFrame) -> str:
     footnote says so, so that the number is not read as that attack alone on every example.
     """
     attacks = [a for a in results["attack"].unique() if a != WORST_CASE]
-    partial = False
+    partial = certifiers = False
     rows = []
     for (defense, epsilon), group in results.groupby(["defense", "epsilon"], sort=False):
         by_attack = group.set_index("attack")
@@ -28,15 +30,24 @@ def summary_table(results: pd.DataFrame) -> str:
                 row[attack] = "-"
                 continue
             cell = by_attack.loc[attack]
+            if "certified_accuracy" in cell.index and pd.notna(cell["certified_accuracy"]):
+                row[attack] = f"{CERTIFIED}{cell['certified_accuracy']:.3f}"  # a certifier: a lower bound
+                certifiers = True
+                continue
             given_fewer = "attacked" in cell.index and int(cell["attacked"]) < int(round(cell["clean_accuracy"] * cell["n_examples"]))
             partial |= given_fewer
             row[attack] = f"{cell['robust_accuracy']:.3f}" + (PARTIAL if given_fewer else "")
         row["worst-case"] = f"{worst['robust_accuracy']:.3f}"
+        if "certified_accuracy" in worst.index and pd.notna(worst["certified_accuracy"]):
+            row["certified"] = f"{worst['certified_accuracy']:.3f}"
         row["95% CI"] = f"[{worst['robust_accuracy_low']:.3f}, {worst['robust_accuracy_high']:.3f}]"
         row["risk"] = f"{worst['adversarial_risk']:.3f}"
         row["n"] = str(int(worst["n_examples"]))
         rows.append(row)
     table = pd.DataFrame(rows).to_string(index=False)
+    if certifiers:
+        table += (f"\n{CERTIFIED}: certified accuracy, a lower bound on the true robust accuracy (the worst case is the "
+                  "upper bound); certified = any certifier of the suite")
     if partial:
         table += (f"\n{PARTIAL} cascade: the attack was given only the examples earlier attacks left standing "
                   "(results.csv: attacked); the worst case is over the whole suite")

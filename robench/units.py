@@ -28,7 +28,7 @@ from robench.resolve import Context, build_context
 from robench.schema import EXAMPLE_COLUMNS
 from robench.spec import EvalConfig
 from robench.target import is_randomized, reseed
-from robench.verify import PREDICTION_DRAWS, attack_and_verify, predict_correct
+from robench.verify import PREDICTION_DRAWS, attack_and_verify, predict_correct, verify
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ def _attack_rows(ctx: Context, unit: Unit, label: str, given: Tensor, clean_corr
         "norm": threat.norm, "epsilon": threat.epsilon, "attack": label,
         "example": ids.numpy(), "label": y.numpy(), "clean_correct": clean_correct.numpy(), "broken": broken.numpy(),
         "rejected": rejected.numpy(), "queries": queries.numpy(), "distance": distance.numpy(),
-        "margin": margins.numpy(), "draws": draws, "attacked": given.numpy(), "seconds": seconds / max(n, 1),
+        "margin": margins.numpy(), "draws": draws, "attacked": given.numpy(), "certified": False, "certify_status": "",
+        "seconds": seconds / max(n, 1),
     }, columns=list(EXAMPLE_COLUMNS))
     return rows, adversarial, found
 
@@ -154,6 +155,55 @@ def run_cascade_unit(ctx: Context, unit: Unit) -> UnitResult:
         merged = {key: np.concatenate([sample[key] for sample in samples]) for key in samples[0]}
     rows = pd.concat(frames, ignore_index=True)
     return UnitResult(unit, rows, merged, seconds=time.perf_counter() - started, queries=int(rows["queries"].sum()))
+
+
+def run_certify_unit(ctx: Context, unit: Unit) -> UnitResult:
+    """A certifier on the clean-correct examples of a shard: per example certified, counterexample
+    (which counts as broken only once ``verify`` confirms it, like any attack's proposal) or unknown."""
+    from robench.certify import COUNTEREXAMPLE, STATUS_NAMES
+
+    started = time.perf_counter()
+    _, certifier = ctx.certifiers[unit.attack]
+    target = ctx.target(unit.defense)
+    threat = ctx.threats[unit.epsilon]
+    clean_correct, clean_margin, draws = clean_predictions(ctx, unit)
+    x, y, ids = ctx.x[unit.start:unit.stop], ctx.y[unit.start:unit.stop], ctx.ids[unit.start:unit.stop]
+    n = len(x)
+    broken, rejected = ~clean_correct.clone(), torch.zeros(n, dtype=torch.bool)
+    distance, margins = torch.zeros(n), clean_margin.detach().float().clone()
+    status = [""] * n
+    adversarial = None
+    todo = clean_correct.nonzero().flatten()
+    if len(todo):
+        _reseed(ctx, unit, f"certify|{unit.seed_key}", target)
+        xs, ys = x[todo].to(ctx.device), y[todo].to(ctx.device)
+        seeds = rng.example_seeds(ctx.config.seed, unit.seed_key, ids[todo]).to(ctx.device)
+        result = certifier.certify(target, xs, ys, threat, seeds=seeds)
+        check = verify(target, xs, result.counterexample, ys, threat, draws=draws, max_batch=ctx.max_batch)
+        proposed = (result.status == COUNTEREXAMPLE).cpu()
+        confirmed = proposed & check.broken.cpu()
+        broken[todo] = confirmed
+        rejected[todo] = proposed & ~confirmed
+        distance[todo] = torch.where(proposed, check.distance.float().cpu(), torch.zeros(len(todo)))
+        margins[todo] = torch.where(proposed, check.margin.float().cpu(), margins[todo])
+        codes = result.status.cpu().tolist()
+        for row, code, ok, was_proposed in zip(todo.tolist(), codes, confirmed.tolist(), proposed.tolist()):
+            # a counterexample that does not verify is no answer: unknown
+            status[row] = STATUS_NAMES[int(code)] if ok or not was_proposed else "unknown"
+        keep = confirmed.nonzero().flatten()[:ADVERSARIAL_SAMPLES]
+        if len(keep):
+            adversarial = {"example": ids[todo][keep].numpy(), "x": xs[keep.to(xs.device)].float().cpu().numpy(),
+                           "x_adv": result.counterexample[keep.to(xs.device)].detach().float().cpu().numpy()}
+    seconds = time.perf_counter() - started
+    rows = pd.DataFrame({
+        "defense": unit.defense, "model": ctx.models.get(unit.defense, ctx.config.model), "dataset": ctx.data.name,
+        "norm": threat.norm, "epsilon": threat.epsilon, "attack": unit.attack,
+        "example": ids.numpy(), "label": y.numpy(), "clean_correct": clean_correct.numpy(), "broken": broken.numpy(),
+        "rejected": rejected.numpy(), "queries": 0, "distance": distance.numpy(), "margin": margins.numpy(),
+        "draws": draws, "attacked": clean_correct.numpy(), "certified": [s == "certified" for s in status],
+        "certify_status": status, "seconds": seconds / max(n, 1),
+    }, columns=list(EXAMPLE_COLUMNS))
+    return UnitResult(unit, rows, adversarial, seconds=seconds)
 
 
 def run_probe_unit(ctx: Context, unit: Unit) -> UnitResult:
@@ -189,6 +239,8 @@ def execute_unit(ctx: Context, unit: Unit) -> UnitResult:
         with torch.random.fork_rng(devices=devices):
             if unit.is_probe:
                 return run_probe_unit(ctx, unit)
+            if unit.attack in ctx.certifiers:
+                return run_certify_unit(ctx, unit)
             return run_cascade_unit(ctx, unit) if unit.is_cascade else run_attack_unit(ctx, unit)
     except KeyboardInterrupt:
         raise

@@ -125,6 +125,41 @@ def accuracy_not_decreasing(examples: pd.DataFrame, *, gradient_free: Collection
             yield Finding(defense, large, rises or level, detail)
 
 
+@check("attack_misses_counterexample", kind="table", sentence=(
+    "A certifier (the exact MILP verifier, or a bound whose counterexample verified) found points of the "
+    "ball that change the prediction, and no attack of the suite found them: the suite is too weak for "
+    "this model, so its robust accuracy is an overestimate. Strengthen the attacks (steps, restarts, "
+    "targeted losses) until they find what the verifier finds."
+))
+def attack_misses_counterexample(examples: pd.DataFrame, *, gradient_free: Collection[str] = ()) -> Iterator[Finding]:
+    """Per (defense, epsilon): clean-correct examples with a verified counterexample from a certifier
+    and no break by any attack. ``gradient_free`` is unused: every table check takes the same arguments."""
+    _require_columns(examples, _REQUIRED)
+    rows = examples[examples["attack"] != WORST_CASE]
+    if "certify_status" not in rows.columns:
+        rows = rows.assign(certify_status="")
+    status = rows["certify_status"].fillna("").astype(str)
+    keys, varying = _group_keys(rows), _varying(rows)
+    rows = rows.assign(from_certifier=status != "", counterexample=(status == "counterexample") & as_bool(rows["broken"]))
+    for values, group in rows.groupby(keys, sort=True, dropna=False):
+        defense, epsilon = _defense_epsilon(keys, values)
+        prefix = _label(keys, values, varying)
+        if not group["from_certifier"].any():
+            yield Finding(defense, epsilon, False, f"{prefix}not run: the suite has no [[certify]] table")
+            continue
+        correct = group[as_bool(group["clean_correct"])]
+        by_certifier = correct[correct["from_certifier"]].groupby("example")["counterexample"].any()
+        by_attack = correct[~correct["from_certifier"]].assign(broken=as_bool(correct["broken"])).groupby("example")["broken"].any()
+        if by_attack.empty:
+            yield Finding(defense, epsilon, False, f"{prefix}not run: the suite has no attack to compare with")
+            continue
+        missed = by_certifier & ~by_attack.reindex(by_certifier.index, fill_value=False)
+        found = int(by_certifier.sum())
+        detail = (f"{prefix}certifiers found verified counterexamples for {found} of {len(by_certifier)} clean-correct "
+                  f"examples; the attacks missed {int(missed.sum())} of them; fires on any")
+        yield Finding(defense, epsilon, bool(missed.any()), detail)
+
+
 def table_checks(examples: pd.DataFrame, *, gradient_free: Collection[str]) -> list[Diagnostic]:
     """Every registered table check on a run's examples table (one row per (defense, ..., attack, example))."""
     return [row for c in registered("table") for row in c.run(examples, gradient_free=gradient_free)]

@@ -26,6 +26,7 @@ Baseline file (CSV, one row per defense and epsilon; see reports/README.md):
 from __future__ import annotations
 
 import math
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,8 @@ import pandas as pd
 from robench.errors import RobenchError
 from robench.io import atomic_write_text
 from robench.reports.rundir import RunFiles, load_run
-from robench.schema import KEYS, WORST_CASE
+from robench.schema import KEYS, UNITS, WORST_CASE
+from robench.store import OWN_FILES
 from robench.stats import fisher_one_sided
 
 #: one-sided significance level per (defense, epsilon) comparison
@@ -46,6 +48,8 @@ KEY = KEYS
 BASELINE_COLUMNS = (*KEY, "suite", "n_examples", "robust", "robust_accuracy")
 #: statuses that make the gate fail
 FAILING = ("regression", "missing", "failed")
+#: the one file ``check`` may write among a run directory's own files (store.OWN_FILES)
+JUNIT_IN_RUN = "junit.xml"
 
 
 @dataclass(frozen=True)
@@ -118,42 +122,82 @@ def baseline_from_run(run: RunFiles) -> pd.DataFrame:
     return frame.sort_values(list(KEY), kind="stable").reset_index(drop=True)
 
 
-def read_baseline(path: str | Path) -> pd.DataFrame:
-    """Read and validate a baseline CSV (format in reports/README.md)."""
+def read_baseline(path: str | Path, *, allow_empty: bool = False) -> pd.DataFrame:
+    """Read and validate a baseline CSV (format in reports/README.md): names are not empty, counts
+    are whole numbers with 1 <= n_examples and 0 <= robust <= n_examples, robust_accuracy is their
+    ratio, epsilon is finite and > 0, one row per (defense, model, dataset, norm, epsilon), and at
+    least one row (unless ``allow_empty``: ``--update-baseline`` is about to write them)."""
     path = Path(path)
+    fix = "regenerate it with --update-baseline"
+    where = f"baseline {str(path)!r}"
+    if path.is_dir():
+        raise RobenchError(f"{where} is a directory; give the path of the baseline CSV file (create one with "
+                           f"`robench check DIR --baseline FILE --update-baseline`)")
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], comment="#")
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], comment="#", dtype=str)
     except FileNotFoundError:
-        raise RobenchError(f"baseline {str(path)!r} does not exist; create it with `robench check DIR --baseline {path} --update-baseline`") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise RobenchError(f"baseline {str(path)!r} is not a readable CSV ({str(exc).splitlines()[0]}); regenerate it with --update-baseline") from None
+        raise RobenchError(f"{where} does not exist; create it with `robench check DIR --baseline {path} --update-baseline`") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise RobenchError(f"{where} is not a readable CSV ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {fix}") from None
+    except OSError as exc:
+        raise RobenchError(f"{where} is not readable ({exc.strerror or exc}); give the path of the baseline CSV file") from None
     missing = [c for c in BASELINE_COLUMNS if c not in frame.columns and c != "suite"]
     if missing:
-        raise RobenchError(f"baseline {str(path)!r} lacks column(s) {', '.join(missing)}; regenerate it with --update-baseline")
+        raise RobenchError(f"{where} lacks column(s) {', '.join(missing)}; {fix}")
+    if frame.empty and not allow_empty:
+        raise RobenchError(f"{where} holds no rows, so it would pass any run; {fix}")
     if "suite" not in frame.columns:
         frame["suite"] = ""
-    for column in ("defense", "model", "dataset", "norm", "suite"):
-        frame[column] = frame[column].fillna("").astype(str)
+    frame["suite"] = frame["suite"].fillna("").astype(str)
     for i, row in frame.iterrows():
-        where = f"baseline {str(path)!r} row {int(i) + 2}"  # header is line 1
+        at = f"{where} row {int(i) + 2}"  # header is line 1
+        blank = [c for c in ("defense", "model", "dataset", "norm") if pd.isna(row[c]) or not str(row[c]).strip()]
+        if blank:
+            raise RobenchError(f"{at}: {', '.join(blank)} must not be empty; {fix}")
         try:
-            n, k, acc, eps = int(row["n_examples"]), int(row["robust"]), float(row["robust_accuracy"]), float(row["epsilon"])
+            n, k, acc, eps = (float(row[c]) for c in ("n_examples", "robust", "robust_accuracy", "epsilon"))
         except (TypeError, ValueError):
-            raise RobenchError(f"{where}: n_examples, robust, robust_accuracy and epsilon must be numbers") from None
-        if n < 1 or not 0 <= k <= n or math.isnan(eps):
-            raise RobenchError(f"{where}: need n_examples >= 1 and 0 <= robust <= n_examples, got robust={k}, n_examples={n}")
+            raise RobenchError(f"{at}: n_examples, robust, robust_accuracy and epsilon must be numbers, got "
+                               f"{', '.join(repr(row[c]) for c in ('n_examples', 'robust', 'robust_accuracy', 'epsilon'))}; {fix}") from None
+        if not all(math.isfinite(v) for v in (n, k, acc, eps)):
+            raise RobenchError(f"{at}: n_examples, robust, robust_accuracy and epsilon must be finite numbers (no NaN "
+                               f"or infinity); {fix}")
+        if not (n.is_integer() and k.is_integer()):
+            raise RobenchError(f"{at}: n_examples and robust are counts and must be whole numbers, got "
+                               f"n_examples={n:g}, robust={k:g}; {fix}")
+        if n < 1 or not 0 <= k <= n:
+            raise RobenchError(f"{at}: need n_examples >= 1 and 0 <= robust <= n_examples, got robust={k:g}, n_examples={n:g}; {fix}")
+        if eps <= 0:
+            raise RobenchError(f"{at}: epsilon must be > 0, got {eps:g}; {fix}")
         if abs(acc - k / n) > 5e-6:
-            raise RobenchError(f"{where}: robust_accuracy {acc} is not robust/n_examples = {k}/{n}; fix one of them or regenerate with --update-baseline")
+            raise RobenchError(f"{at}: robust_accuracy {acc} is not robust/n_examples = {k:g}/{n:g}; fix one of them or regenerate with --update-baseline")
+    frame = frame.astype({"n_examples": float, "robust": float, "epsilon": float, "robust_accuracy": float})
+    frame = frame.astype({"n_examples": int, "robust": int})
     keys = [_key(r) for _, r in frame.iterrows()]
     if len(set(keys)) != len(keys):
         duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise RobenchError(f"baseline {str(path)!r} lists {duplicate[0]!r} eps={duplicate[4]:g} twice; keep one row per defense and epsilon")
-    return frame.astype({"n_examples": int, "robust": int, "epsilon": float})
+        raise RobenchError(f"{where} lists {duplicate[0]!r} eps={duplicate[4]:g} twice; keep one row per defense and epsilon")
+    return frame
 
 
 def write_baseline(path: str | Path, frame: pd.DataFrame) -> None:
-    """Rewrite the baseline atomically (a crash leaves the old file)."""
-    atomic_write_text(path, frame[list(BASELINE_COLUMNS)].to_csv(index=False, float_format="%.10g"))
+    """Rewrite the baseline atomically (a crash leaves the old file); a symlink stays a symlink."""
+    write_through(path, frame[list(BASELINE_COLUMNS)].to_csv(index=False, float_format="%.10g"), "the baseline")
+
+
+def write_through(path: str | Path, text: str, what: str) -> Path:
+    """Write ``text`` to ``path`` atomically, following a symlink: the link's target is replaced
+    whole (a temporary file beside it, then a rename) and the link itself is left as it is, as
+    shell redirection and editors do; replacing the link by a file would silently cut it."""
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target.is_dir():
+        raise RobenchError(f"cannot write {what} to {str(path)!r}: it is a directory; give a file path")
+    try:
+        atomic_write_text(target, text)
+    except OSError as exc:
+        raise RobenchError(f"cannot write {what} to {str(path)!r} ({exc.strerror or exc}); choose another path") from None
+    return target
 
 
 # --------------------------------------------------------------------------------------------- compare
@@ -294,16 +338,49 @@ def check_run(
     """
     run = load_run(run_dir)
     baseline_path = Path(baseline_path)
+    _refuse_overwriting(run, baseline_path, junit, update_baseline)
+    notes: list[str] = []
     if update_baseline and not baseline_path.exists():
-        baseline = pd.DataFrame({c: pd.Series(dtype=float if c in ("epsilon", "robust_accuracy") else object) for c in BASELINE_COLUMNS})
+        baseline = _empty_baseline()
+    elif update_baseline:
+        try:
+            baseline = read_baseline(baseline_path, allow_empty=True)
+        except RobenchError as exc:  # it is about to be rewritten: show the run against nothing, say why
+            if baseline_path.is_dir():
+                raise
+            baseline = _empty_baseline()
+            notes.append(f"the old baseline was unreadable and is replaced ({exc})")
     else:
         baseline = read_baseline(baseline_path)
     result = compare(run, baseline, alpha=alpha)
+    result.notes[:0] = notes
     if junit is not None:
-        atomic_write_text(junit, junit_xml(result))
+        write_through(junit, junit_xml(result), "the JUnit XML")
     if update_baseline:
         if run.failed_units:
             raise RobenchError(f"{run.path} has {len(run.failed_units)} failed unit(s); fix and rerun them "
                                "(robench evaluate --resume) before updating the baseline")
         write_baseline(baseline_path, baseline_from_run(run))
     return result
+
+
+def _empty_baseline() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=float if c in ("epsilon", "robust_accuracy") else object) for c in BASELINE_COLUMNS})
+
+
+def _refuse_overwriting(run: RunFiles, baseline: Path, junit: str | Path | None, update_baseline: bool) -> None:
+    """The files ``check`` writes (--junit, an updated baseline) never replace a file of the run
+    (its tables, plan, units) or each other: that would lose data the user still needs."""
+    def same(a: Path, b: Path) -> bool:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+    run_dir = Path(os.path.realpath(run.path))
+    written = ([("--junit", Path(junit))] if junit is not None else []) + ([("--baseline", baseline)] if update_baseline else [])
+    for option, path in written:
+        real = Path(os.path.realpath(path))
+        own = real.parent == run_dir and real.name in OWN_FILES and real.name != JUNIT_IN_RUN
+        if own or run_dir / UNITS in real.parents:
+            raise RobenchError(f"{option} {path} would {'overwrite' if real.exists() else 'write'} {real.relative_to(run_dir)} "
+                               f"of the run {run.path}; choose a path outside the run's own files")
+    if junit is not None and same(Path(junit), baseline):
+        raise RobenchError(f"--junit {junit} is the baseline file; give the JUnit XML another path")

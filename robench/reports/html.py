@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from robench.errors import RobenchError
 from robench.io import atomic_write_text
 from robench.reports import figures, images
 from robench.reports.rundir import RunFiles, load_run
@@ -34,7 +35,11 @@ def write_report(run_dir: str | Path) -> Path:
     run = load_run(run_dir)
     html = render_report(run)
     path = run.path / REPORT
-    atomic_write_text(path, html)
+    try:
+        atomic_write_text(path, html)  # whole or not at all: a failed write leaves the old report
+    except OSError as exc:
+        raise RobenchError(f"cannot write {path} ({exc.strerror or exc}); make it a writable file (or remove it) "
+                           "and run `robench report` again") from None
     return path
 
 
@@ -255,6 +260,11 @@ def _when(started: Any) -> str:
         return ""
 
 
+def _first(results: pd.DataFrame, column: str) -> str:
+    """The first row's value of ``column``, or "?" (the column is absent, or the run has no rows)."""
+    return str(results[column].iloc[0]) if column in results and len(results) else "?"
+
+
 def _metadata(run: RunFiles) -> dict[str, Any]:
     info = run.run
     dataset = info.get("dataset") or {}
@@ -269,11 +279,11 @@ def _metadata(run: RunFiles) -> dict[str, Any]:
                       "seconds": f"{float(record.get('seconds', np.nan)):.1f}" if "seconds" in record else "-",
                       "queries": f"{float(record['queries_mean']):,.0f}" if "queries_mean" in record and np.isfinite(record["queries_mean"]) else "-"})
     summary = [
-        ("dataset", f"{dataset.get('name', results['dataset'].iloc[0] if 'dataset' in results else '?')}"
+        ("dataset", f"{dataset.get('name', _first(results, 'dataset'))}"
                     + (f" (fingerprint {dataset['fingerprint']})" if dataset.get("fingerprint") else "")),
-        ("examples", str(dataset.get("n_examples", int(results["n_examples"].max())))),
-        ("model", str(model.get("name", results["model"].iloc[0] if "model" in results else "?"))),
-        ("threat model", f"{config.get('norm', results['norm'].iloc[0] if 'norm' in results else '?')}, "
+        ("examples", str(dataset.get("n_examples", int(results["n_examples"].max()) if len(results) else 0))),
+        ("model", str(model.get("name", _first(results, "model")))),
+        ("threat model", f"{config.get('norm', _first(results, 'norm'))}, "
                          f"epsilon {', '.join(f'{e:g}' for e in sorted(results['epsilon'].unique()))}"),
         ("suite", str((info.get("suite") or {}).get("name", "?"))),
         ("seed", str(info.get("seed", "?"))),

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from robench.console import friendly_errors
 from robench.data import Dataset
 from robench.errors import RobenchError
 
@@ -103,6 +104,7 @@ def list_models(dataset: str, seed: int) -> None:
 @click.argument("name")
 @click.option("--dataset", default="digits", show_default=True, help="Data set to train on.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Training seed (part of the cache key).")
+@friendly_errors
 def train(name: str, dataset: str, seed: int) -> None:
     """Train NAME (and the encoder it needs) now, with progress bars; a cached model is only loaded."""
     import time
@@ -113,11 +115,8 @@ def train(name: str, dataset: str, seed: int) -> None:
     from robench.registry import models
     from robench.zoo.encoders import progress_callback
 
-    try:
-        data = load_dataset(dataset)
-        factory = models.get(name)
-    except RobenchError as exc:
-        raise click.ClickException(str(exc)) from None
+    factory = models.get(name)  # an unknown name: one line and exit 2 (friendly_errors), before any data is loaded
+    data = load_dataset(dataset)
     bars: dict[str, tqdm] = {}
 
     def on_step(model: str, done: int, total: int) -> None:
@@ -129,8 +128,6 @@ def train(name: str, dataset: str, seed: int) -> None:
     try:
         with progress_callback(on_step):
             module = factory(data, seed=seed)
-    except RobenchError as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         for bar in bars.values():
             bar.close()
