@@ -35,6 +35,8 @@ SEQUENCE_NDIM, IMAGE_NDIM = 3, 4
 
 #: what each kind of column must hold (``validate_table``)
 NAME, COUNT, RATE, EPSILON, AMOUNT, NUMBER, FLAG = "name", "count", "rate", "epsilon", "amount", "number", "flag"
+#: a kind ending in "?" may also be empty (a column only some rows fill, e.g. a certifier's)
+OPTIONAL = "?"
 _KIND_TEXT = {
     NAME: "a name (not empty)",
     COUNT: "a whole number >= 0 (a count)",
@@ -44,6 +46,8 @@ _KIND_TEXT = {
     NUMBER: "a number, or nothing",
     FLAG: "true or false",
 }
+#: certify_status: what a certifier answered for an example, empty where none ran
+CERTIFY_STATUSES = ("", "certified", "counterexample", "unknown")
 #: per table: column -> kind (columns a table lacks are not checked here; ``required`` is read_table's)
 #: and the columns that identify a row (no two rows may share them)
 TABLE_TYPES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
@@ -53,11 +57,13 @@ TABLE_TYPES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         **{f"{rate}{end}": RATE for rate in ("clean_accuracy", "robust_accuracy", "adversarial_risk")
            for end in ("", "_low", "_high")},
         "queries_mean": AMOUNT, "seconds": AMOUNT,
+        "certified": COUNT + OPTIONAL, "unknown_fraction": NUMBER,
+        **{f"certified_accuracy{end}": RATE + OPTIONAL for end in ("", "_low", "_high")},
     }, (*KEYS, "attack")),
     EXAMPLES: ({
         "defense": NAME, "model": NAME, "dataset": NAME, "norm": NAME, "attack": NAME, "epsilon": EPSILON,
         "example": COUNT, "label": COUNT, "queries": COUNT, "draws": COUNT,
-        "clean_correct": FLAG, "broken": FLAG, "rejected": FLAG, "attacked": FLAG,
+        "clean_correct": FLAG, "broken": FLAG, "rejected": FLAG, "attacked": FLAG, "certified": FLAG,
         "distance": NUMBER, "margin": NUMBER, "seconds": AMOUNT,
     }, (*KEYS, "attack", "example")),
     DIAGNOSTICS: ({
@@ -104,7 +110,8 @@ def _bad(path: Path, column: str, kind: str, frame: pd.DataFrame, position: int,
     if isinstance(value, np.generic):
         value = value.item()
     shown = "nothing" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(value)
-    return RobenchError(f"{path}: column {column!r} must hold {_KIND_TEXT[kind]}, but line {_line(frame, position)} "
+    what = _KIND_TEXT[kind.rstrip(OPTIONAL)] + (" or nothing" if kind.endswith(OPTIONAL) else "")
+    return RobenchError(f"{path}: column {column!r} must hold {what}, but line {_line(frame, position)} "
                         f"holds {shown}; {hint}")
 
 
@@ -114,7 +121,8 @@ def _numbers(path: Path, frame: pd.DataFrame, column: str, kind: str, hint: str)
     if raw.dtype == bool:  # pandas reads a column of True/False as bool: not numbers
         values = np.full(len(raw), np.nan)
     missing = raw.isna().to_numpy()
-    allow_missing = kind in (AMOUNT, NUMBER)
+    allow_missing = kind in (AMOUNT, NUMBER) or kind.endswith(OPTIONAL)
+    kind = kind.rstrip(OPTIONAL)
     bad = (np.isnan(values) & ~missing) | (missing & ~allow_missing)
     present = ~missing
     finite = np.isfinite(values)
@@ -168,14 +176,22 @@ def validate_table(frame: pd.DataFrame, path: str | Path, *, hint: str | None = 
             frame[column] = _flags(path, frame, column, hint)
         else:
             values = _numbers(path, frame, column, kind, hint)
-            frame[column] = values.astype(np.int64) if kind == COUNT else values
+            frame[column] = values.astype(np.int64) if kind == COUNT else values  # an optional count stays float (NaN)
+    if "certify_status" in frame.columns:
+        status = frame["certify_status"].fillna("").astype(str)
+        wrong = ~status.isin(CERTIFY_STATUSES)
+        if wrong.any():
+            i = int(np.flatnonzero(wrong.to_numpy())[0])
+            raise RobenchError(f"{path}: column 'certify_status' must hold one of {', '.join(repr(s) for s in CERTIFY_STATUSES[1:])} "
+                               f"or nothing, but line {_line(frame, i)} holds {status.iloc[i]!r}; {hint}")
+        frame["certify_status"] = status
     if "n_examples" in frame.columns:
         n = frame["n_examples"].to_numpy()
         if (n < 1).any():
             i = int(np.flatnonzero(n < 1)[0])
             raise RobenchError(f"{path}: line {_line(frame, i)} has n_examples 0; every row counts at least one example; {hint}")
-        for count in ("robust", "attacked"):
-            if count in frame.columns and (frame[count].to_numpy() > n).any():
+        for count in ("robust", "attacked", "certified"):
+            if count in frame.columns and (frame[count].to_numpy() > n).any():  # NaN (no certifier) compares False
                 i = int(np.flatnonzero(frame[count].to_numpy() > n)[0])
                 raise RobenchError(f"{path}: line {_line(frame, i)} has {count} {int(frame[count].iloc[i])} of only "
                                    f"{int(n[i])} examples; {hint}")
@@ -185,7 +201,7 @@ def validate_table(frame: pd.DataFrame, path: str | Path, *, hint: str | None = 
                 i = int(np.flatnonzero(off)[0])
                 raise RobenchError(f"{path}: line {_line(frame, i)} has robust_accuracy {frame['robust_accuracy'].iloc[i]:g}, "
                                    f"but robust/n_examples is {int(frame['robust'].iloc[i])}/{int(n[i])}; {hint}")
-    for rate in ("clean_accuracy", "robust_accuracy", "adversarial_risk"):
+    for rate in ("clean_accuracy", "robust_accuracy", "adversarial_risk", "certified_accuracy"):
         if {rate, f"{rate}_low", f"{rate}_high"} <= set(frame.columns):
             low, value, high = (frame[c].to_numpy() for c in (f"{rate}_low", rate, f"{rate}_high"))
             outside = (low > value + RATE_SLACK) | (value > high + RATE_SLACK)
