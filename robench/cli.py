@@ -15,7 +15,31 @@ from robench.errors import RobenchError
 log = logging.getLogger("robench")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """click's usage errors (a missing value, an unknown option) as one line and exit 2, like
+    every other bad input of robench, instead of click's four-line usage block."""
+
+    def main(self, args=None, *rest, **kwargs):  # noqa: ANN001, ANN002, ANN003 - click's signature
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(args, *rest, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(0)
+        except click.UsageError as exc:
+            where = f"; see {exc.ctx.command_path} --help" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message().rstrip('.')}{where}", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="robench")
 @click.option("--traceback", "show_trace", is_flag=True, help="On an error, print the full traceback too.")
 def main(show_trace: bool) -> None:

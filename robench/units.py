@@ -244,7 +244,7 @@ def execute_unit(ctx: Context, unit: Unit) -> UnitResult:
             return run_cascade_unit(ctx, unit) if unit.is_cascade else run_attack_unit(ctx, unit)
     except KeyboardInterrupt:
         raise
-    except Exception as exc:  # a defense or attack that raises mid-run: record, don't crash the run
+    except (Exception, SystemExit) as exc:  # a defense or attack that raises (or exits) mid-run: record it, go on
         log.debug("unit %s failed", unit.store_key, exc_info=True)
         return UnitResult(unit, error=one_line(exc))
 

@@ -546,9 +546,6 @@ CHECK = lambda t, *extra: ["check", str(t / "run"), "--baseline", str(t / "basel
 RESUME = lambda t, *extra: ["evaluate", *RUN_OPTIONS, "--resume", str(t / "run"), *extra]  # noqa: E731
 OUT = lambda t, out: ["evaluate", *RUN_OPTIONS, "--out", str(out)]  # noqa: E731
 REBUILD = "--resume"  # what the fix of a damaged table says to run
-BASELINE_DIR_NEEDS = ("robench/reports/commands.py declares --baseline with dir_okay=False, so click answers a folder "
-                      "with its usage text (4 lines) before gate.read_baseline's one line can; drop dir_okay=False there")
-
 # (id, class, damage(tmp), argv(tmp), words the one line must hold)
 RUN_CASES = [
     # results.csv edited by hand: text, NaN, duplicates, nothing, values out of range
@@ -575,6 +572,7 @@ RUN_CASES = [
     ("results-more-robust-than-examples", "silent surprises", _cell("results.csv", "robust", "7"), REPORT, "robust 7 of only 6"),
     ("results-rate-disagrees-with-count", "silent surprises", _cell("results.csv", "robust_accuracy", "0.9"), REPORT,
      "but robust/n_examples is"),
+    ("results-count-beyond-int64", "silent surprises", _cell("results.csv", "n_examples", "1e30"), CHECK, "a whole number >= 0"),
     ("results-negative-seconds", "silent surprises", _cell("results.csv", "seconds", "-1"), REPORT, "column 'seconds'"),
     ("results-zero-examples", "silent surprises", _both(_cell("results.csv", "n_examples", "0"), _cell("results.csv", "robust", "0"),
                                                         _cell("results.csv", "attacked", "0")), REPORT, "n_examples 0"),
@@ -643,8 +641,7 @@ RUN_CASES = [
     ("baseline-empty-file", "tracebacks", _replace("baseline.csv", ""), CHECK, "not a readable CSV"),
     ("baseline-binary", "tracebacks", _replace("baseline.csv", b"\xff\xfe\x00"), CHECK, "not a readable CSV"),
     ("baseline-missing", "tracebacks", lambda t: (t / "baseline.csv").unlink(), CHECK, "--update-baseline"),
-    pytest.param("baseline-is-a-folder", "tracebacks", _mkdir("baseline.csv"), CHECK, "is a directory",
-                 marks=pytest.mark.xfail(strict=True, reason=BASELINE_DIR_NEEDS)),
+    ("baseline-is-a-folder", "tracebacks", _mkdir("baseline.csv"), CHECK, "is a directory"),
     # what check writes never replaces what the run or the user still needs
     ("junit-onto-results", "data lost", lambda t: None, lambda t: CHECK(t, "--junit", str(t / "run" / "results.csv")),
      "would overwrite results.csv"),
@@ -738,15 +735,25 @@ def test_junit_through_a_symlink_writes_its_target_and_keeps_the_link(damaged):
     assert baseline_link.is_symlink(), "an updated baseline keeps its link too"
 
 
-def test_update_baseline_replaces_an_unreadable_baseline_it_was_told_to_rewrite(damaged):
-    """The error of a damaged baseline says: regenerate it with --update-baseline; that must work."""
-    (damaged / "baseline.csv").write_text("garbage,\n1,2,3\n")
+def test_update_baseline_replaces_bad_rows_but_never_a_file_that_is_no_baseline(damaged):
+    """A baseline's error says: regenerate it with --update-baseline; that must then work. But a
+    path that holds no baseline at all (a typo: the README) is refused and left as it is."""
+    _cell("baseline.csv", "robust", "nan")(damaged)
     refused = CliRunner().invoke(main, CHECK(damaged))
-    assert refused.exit_code == 2 and "--update-baseline" in refused.output
+    assert refused.exit_code == 2 and "regenerate it with --update-baseline" in refused.output
     updated = CliRunner().invoke(main, CHECK(damaged, "--update-baseline"))
     assert updated.exit_code == 0, updated.output
-    assert "the old baseline was unreadable and is replaced" in updated.output
+    assert "the old baseline's rows were unreadable and are replaced" in updated.output
     assert CliRunner().invoke(main, CHECK(damaged)).exit_code == 0
+    readme = damaged / "README.md"
+    readme.write_text("# my notes\n\nnot a baseline, but a typo in the path\n")
+    typo = CliRunner().invoke(main, ["check", str(damaged / "run"), "--baseline", str(readme), "--update-baseline"])
+    assert typo.exit_code == 2 and "check the path" in typo.output and _one_line_text(typo.output)
+    assert readme.read_text().startswith("# my notes"), "a file that is no baseline is never overwritten"
+
+
+def _one_line_text(text: str) -> bool:
+    return len(text.strip().splitlines()) == 1
 
 
 def test_a_baseline_folder_is_one_clear_error_in_the_library(tmp_path):

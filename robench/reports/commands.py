@@ -27,9 +27,9 @@ def report(run_dir: Path) -> None:
 
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--baseline", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--baseline", required=True, type=click.Path(path_type=Path),
               help="Committed baseline CSV (e.g. reports/baseline.csv).")
-@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--junit", type=click.Path(path_type=Path), default=None,
               help="Also write JUnit XML here: one test per defense and epsilon.")
 @click.option("--update-baseline", is_flag=True, help="Rewrite the baseline from this run (after showing the comparison).")
 @click.option("--alpha", type=float, default=None, help="One-sided significance level per comparison [default: 0.01].")

@@ -122,6 +122,10 @@ def baseline_from_run(run: RunFiles) -> pd.DataFrame:
     return frame.sort_values(list(KEY), kind="stable").reset_index(drop=True)
 
 
+class BaselineRowsError(RobenchError):
+    """A baseline CSV with the right columns whose rows are wrong: ``--update-baseline`` may replace it."""
+
+
 def read_baseline(path: str | Path, *, allow_empty: bool = False) -> pd.DataFrame:
     """Read and validate a baseline CSV (format in reports/README.md): names are not empty, counts
     are whole numbers with 1 <= n_examples and 0 <= robust <= n_examples, robust_accuracy is their
@@ -129,6 +133,8 @@ def read_baseline(path: str | Path, *, allow_empty: bool = False) -> pd.DataFram
     least one row (unless ``allow_empty``: ``--update-baseline`` is about to write them)."""
     path = Path(path)
     fix = "regenerate it with --update-baseline"
+    # a file that is no baseline at all may be anything (a typo in the path): never offer to overwrite it
+    not_one = "check the path; if it is an old baseline, delete it and create it anew with --update-baseline"
     where = f"baseline {str(path)!r}"
     if path.is_dir():
         raise RobenchError(f"{where} is a directory; give the path of the baseline CSV file (create one with "
@@ -138,14 +144,14 @@ def read_baseline(path: str | Path, *, allow_empty: bool = False) -> pd.DataFram
     except FileNotFoundError:
         raise RobenchError(f"{where} does not exist; create it with `robench check DIR --baseline {path} --update-baseline`") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise RobenchError(f"{where} is not a readable CSV ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {fix}") from None
+        raise RobenchError(f"{where} is not a readable CSV ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {not_one}") from None
     except OSError as exc:
         raise RobenchError(f"{where} is not readable ({exc.strerror or exc}); give the path of the baseline CSV file") from None
     missing = [c for c in BASELINE_COLUMNS if c not in frame.columns and c != "suite"]
     if missing:
-        raise RobenchError(f"{where} lacks column(s) {', '.join(missing)}; {fix}")
+        raise RobenchError(f"{where} lacks column(s) {', '.join(missing)}; {not_one}")
     if frame.empty and not allow_empty:
-        raise RobenchError(f"{where} holds no rows, so it would pass any run; {fix}")
+        raise BaselineRowsError(f"{where} holds no rows, so it would pass any run; {fix}")
     if "suite" not in frame.columns:
         frame["suite"] = ""
     frame["suite"] = frame["suite"].fillna("").astype(str)
@@ -153,30 +159,30 @@ def read_baseline(path: str | Path, *, allow_empty: bool = False) -> pd.DataFram
         at = f"{where} row {int(i) + 2}"  # header is line 1
         blank = [c for c in ("defense", "model", "dataset", "norm") if pd.isna(row[c]) or not str(row[c]).strip()]
         if blank:
-            raise RobenchError(f"{at}: {', '.join(blank)} must not be empty; {fix}")
+            raise BaselineRowsError(f"{at}: {', '.join(blank)} must not be empty; {fix}")
         try:
             n, k, acc, eps = (float(row[c]) for c in ("n_examples", "robust", "robust_accuracy", "epsilon"))
         except (TypeError, ValueError):
-            raise RobenchError(f"{at}: n_examples, robust, robust_accuracy and epsilon must be numbers, got "
+            raise BaselineRowsError(f"{at}: n_examples, robust, robust_accuracy and epsilon must be numbers, got "
                                f"{', '.join(repr(row[c]) for c in ('n_examples', 'robust', 'robust_accuracy', 'epsilon'))}; {fix}") from None
         if not all(math.isfinite(v) for v in (n, k, acc, eps)):
-            raise RobenchError(f"{at}: n_examples, robust, robust_accuracy and epsilon must be finite numbers (no NaN "
+            raise BaselineRowsError(f"{at}: n_examples, robust, robust_accuracy and epsilon must be finite numbers (no NaN "
                                f"or infinity); {fix}")
         if not (n.is_integer() and k.is_integer()):
-            raise RobenchError(f"{at}: n_examples and robust are counts and must be whole numbers, got "
+            raise BaselineRowsError(f"{at}: n_examples and robust are counts and must be whole numbers, got "
                                f"n_examples={n:g}, robust={k:g}; {fix}")
         if n < 1 or not 0 <= k <= n:
-            raise RobenchError(f"{at}: need n_examples >= 1 and 0 <= robust <= n_examples, got robust={k:g}, n_examples={n:g}; {fix}")
+            raise BaselineRowsError(f"{at}: need n_examples >= 1 and 0 <= robust <= n_examples, got robust={k:g}, n_examples={n:g}; {fix}")
         if eps <= 0:
-            raise RobenchError(f"{at}: epsilon must be > 0, got {eps:g}; {fix}")
+            raise BaselineRowsError(f"{at}: epsilon must be > 0, got {eps:g}; {fix}")
         if abs(acc - k / n) > 5e-6:
-            raise RobenchError(f"{at}: robust_accuracy {acc} is not robust/n_examples = {k:g}/{n:g}; fix one of them or regenerate with --update-baseline")
+            raise BaselineRowsError(f"{at}: robust_accuracy {acc} is not robust/n_examples = {k:g}/{n:g}; fix one of them or regenerate with --update-baseline")
     frame = frame.astype({"n_examples": float, "robust": float, "epsilon": float, "robust_accuracy": float})
     frame = frame.astype({"n_examples": int, "robust": int})
     keys = [_key(r) for _, r in frame.iterrows()]
     if len(set(keys)) != len(keys):
         duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise RobenchError(f"{where} lists {duplicate[0]!r} eps={duplicate[4]:g} twice; keep one row per defense and epsilon")
+        raise BaselineRowsError(f"{where} lists {duplicate[0]!r} eps={duplicate[4]:g} twice; keep one row per defense and epsilon")
     return frame
 
 
@@ -345,11 +351,9 @@ def check_run(
     elif update_baseline:
         try:
             baseline = read_baseline(baseline_path, allow_empty=True)
-        except RobenchError as exc:  # it is about to be rewritten: show the run against nothing, say why
-            if baseline_path.is_dir():
-                raise
+        except BaselineRowsError as exc:  # a baseline with bad rows, about to be rewritten: compare with nothing, say why
             baseline = _empty_baseline()
-            notes.append(f"the old baseline was unreadable and is replaced ({exc})")
+            notes.append(f"the old baseline's rows were unreadable and are replaced ({exc})")
     else:
         baseline = read_baseline(baseline_path)
     result = compare(run, baseline, alpha=alpha)

@@ -66,9 +66,9 @@ TABLE_TYPES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "clean_correct": FLAG, "broken": FLAG, "rejected": FLAG, "attacked": FLAG, "certified": FLAG,
         "distance": NUMBER, "margin": NUMBER, "seconds": AMOUNT,
     }, (*KEYS, "attack", "example")),
-    DIAGNOSTICS: ({
+    DIAGNOSTICS: ({  # no identity: a check may give one row per model or data set of a (defense, epsilon)
         "defense": NAME, "check": NAME, "epsilon": EPSILON, "fired": FLAG,
-    }, ("defense", "epsilon", "check")),
+    }, ()),
 }
 #: how far a stored rate may lie from its count's ratio (CSV keeps 16 digits; a hand edit is far off)
 RATE_SLACK = 1e-6
@@ -128,8 +128,8 @@ def _numbers(path: Path, frame: pd.DataFrame, column: str, kind: str, hint: str)
     finite = np.isfinite(values)
     if kind != NUMBER:
         bad |= present & ~finite
-    if kind == COUNT:
-        bad |= present & finite & ((values < 0) | (np.floor(values) != values))
+    if kind == COUNT:  # below 2**53: a whole number a float holds exactly, and an int64 too
+        bad |= present & finite & ((values < 0) | (np.floor(values) != values) | (values >= 2.0**53))
     elif kind == RATE:
         bad |= present & finite & ((values < 0) | (values > 1))
     elif kind == EPSILON:
