@@ -141,6 +141,8 @@ def attack_misses_counterexample(examples: pd.DataFrame, *, gradient_free: Colle
     status = rows["certify_status"].fillna("").astype(str)
     keys, varying = _group_keys(rows), _varying(rows)
     rows = rows.assign(from_certifier=status != "", counterexample=(status == "counterexample") & as_bool(rows["broken"]))
+    if not rows["from_certifier"].any():
+        return  # no certifier in the suite: nothing to compare, and no row in every run that has none
     for values, group in rows.groupby(keys, sort=True, dropna=False):
         defense, epsilon = _defense_epsilon(keys, values)
         prefix = _label(keys, values, varying)
