@@ -284,17 +284,25 @@ def _fraction(k: int | None, n: int | None) -> str:
 
 def diff_table(result: GateResult) -> str:
     """The table `robench check` prints: one line per comparison, failing ones marked."""
-    header = ("defense", "eps", "baseline", "run", "change", "p", "status")
+    header = ("defense", "model", "dataset", "norm", "eps", "baseline", "run", "change", "p", "status")
     rows = []
+    matched = [c for c in result.comparisons if c.status not in ("missing", "new")]
+    first = f"{len(matched)} of {len(result.comparisons)} row(s) matched between the baseline and the run"
+    if result.comparisons and not matched:
+        def cells(status: str) -> str:
+            found = sorted({f"{c.model}/{c.dataset}/{c.norm}/eps {c.epsilon:g}" for c in result.comparisons if c.status == status})
+            return ", ".join(found[:3]) + (" ..." if len(found) > 3 else "")
+        first += (f": the baseline is for another model, data set or threat model (baseline: {cells('missing')}; "
+                  f"run: {cells('new')})")
     for c in result.comparisons:
         change = "-"
         if None not in (c.run_robust, c.baseline_robust):
             change = f"{c.run_robust / c.run_n - c.baseline_robust / c.baseline_n + 0.0:+.3f}"  # type: ignore[operator]
-        rows.append((c.defense, f"{c.epsilon:g}", _fraction(c.baseline_robust, c.baseline_n),
+        rows.append((c.defense, c.model, c.dataset, c.norm, f"{c.epsilon:g}", _fraction(c.baseline_robust, c.baseline_n),
                      _fraction(c.run_robust, c.run_n), change, "-" if c.p_value is None else f"{c.p_value:.3g}",
                      c.status.upper() if c.failing else c.status))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines = [first, *("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])]
     failing = [c for c in result.comparisons if c.failing]
     lines.append("")
     lines.extend(f"note: {n}" for n in result.notes)

@@ -169,3 +169,15 @@ def test_the_gate_reads_tolerance_from_the_run_cards(run_dir_factory):
     comparison = compare(run, baseline).comparisons[0]
     assert comparison.tolerance == 0.25 and comparison.status == "pass"
     assert json.loads((run.path / "run.json").read_text())["defenses"][0]["tolerance"] == 0.25
+
+
+def test_the_first_line_says_how_many_rows_matched_and_when_none_did_why():
+    from robench.reports.gate import Comparison, GateResult, diff_table
+
+    missing = Comparison("none", "cnn", "digits", "linf", 0.1, "missing", baseline_robust=5, baseline_n=10)
+    new = Comparison("none", "mnist-cnn", "mnist", "linf", 0.3, "new", run_robust=1, run_n=10)
+    first = diff_table(GateResult([missing, new])).splitlines()[0]
+    assert first.startswith("0 of 2 row(s) matched") and "another model, data set or threat model" in first
+    assert "cnn/digits/linf/eps 0.1" in first and "mnist-cnn/mnist/linf/eps 0.3" in first
+    passed = Comparison("none", "cnn", "digits", "linf", 0.1, "pass", 5, 10, 5, 10)
+    assert diff_table(GateResult([passed, new])).splitlines()[0].startswith("1 of 2 row(s) matched")
