@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import Tensor, nn
 
+from robench.hyperparameters import Hyperparameters
 from robench.target import ANY
 from robench.threat import ThreatModel
 
@@ -22,7 +23,7 @@ class AttackResult:
     queries: Tensor
 
 
-class Attack:
+class Attack(Hyperparameters):
     """Base class: keyword-only hyperparameters with the paper's defaults, shown by ``repr``.
 
     ``run`` receives per-example ``seeds`` (see ``robench.rng``) so that an example's result does
@@ -33,13 +34,6 @@ class Attack:
     gradient_free: ClassVar[bool] = False
     #: the input kinds it supports (``robench.target``): checked before a run starts
     inputs: ClassVar[tuple[str, ...]] = (ANY,)
-
-    def params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"{type(self).__name__}({args})"
 
     def supports(self, norm: str) -> bool:
         """Whether the attack has a version for this threat model's norm (checked before a run starts)."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from robench.errors import RobenchError
+from robench.hyperparameters import Hyperparameters
 from robench.target import ANY
 from robench.threat import ThreatModel
 
@@ -75,7 +76,7 @@ class Certification:
         )
 
 
-class Certifier:
+class Certifier(Hyperparameters):
     """Base class: keyword-only hyperparameters, shown by ``repr``; ``certify`` does the work.
 
     ``check(target, threat)`` raises a one-line :class:`RobenchError` (an unsupported layer,
@@ -87,13 +88,6 @@ class Certifier:
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     #: the input kinds it supports (``robench.target``), as attacks declare them
     inputs: ClassVar[tuple[str, ...]] = (ANY,)
-
-    def params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"{type(self).__name__}({args})"
 
     def supports(self, norm: str) -> bool:
         return norm in self.norms
