@@ -27,6 +27,16 @@ def _numbers(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return results, examples
 
 
+def _assert_same_numbers(first, second) -> None:
+    """Every decision (clean, broken, rejected, queries, the counts and intervals) exactly equal. The
+    margins are a float32 forward pass, and a convolution's kernel, hence its last bits, may change
+    with the batch size (measured: 1e-6 relative between shards of 7 and 40): close, not equal."""
+    for got, want in zip(first, second):
+        floats = [c for c in ("margin", "distance") if c in got.columns]
+        pd.testing.assert_frame_equal(got.drop(columns=floats), want.drop(columns=floats))
+        pd.testing.assert_frame_equal(got[floats], want[floats], check_exact=False, rtol=1e-4, atol=1e-5)
+
+
 @pytest.fixture
 def suite(tmp_path):
     return Path(write_suite(tmp_path, TINY_SUITE))
@@ -106,13 +116,7 @@ def test_results_do_not_depend_on_the_shard_size(tmp_path, suite):
                                            "--shard-size", shard, "--no-diagnostics", "--quiet", "--out", str(out)])
         assert result.exit_code == 0, result.output
         tables.append(_numbers(out))
-    # Every decision (clean, broken, rejected, queries, the counts and intervals) is exact. The
-    # margins are a float32 forward pass, and a convolution's kernel, hence its last bits, may change
-    # with the batch size (measured here: 1e-6 relative between shards of 7 and 40): close, not equal.
-    for got, want in zip(*tables):
-        floats = [c for c in ("margin", "distance") if c in got.columns]
-        pd.testing.assert_frame_equal(got.drop(columns=floats), want.drop(columns=floats))
-        pd.testing.assert_frame_equal(got[floats], want[floats], check_exact=False, rtol=1e-4, atol=1e-5)
+    _assert_same_numbers(*tables)
 
 
 def test_results_do_not_depend_on_the_forward_chunk_size(tmp_path, suite):
@@ -124,10 +128,7 @@ def test_results_do_not_depend_on_the_forward_chunk_size(tmp_path, suite):
                                            "--n-examples", "12", "--no-diagnostics", "--quiet", "--out", str(out), *chunk])
         assert result.exit_code == 0, result.output
         tables.append(_numbers(out))
-    for got, want in zip(*tables):
-        floats = [c for c in ("margin", "distance") if c in got.columns]
-        pd.testing.assert_frame_equal(got.drop(columns=floats), want.drop(columns=floats))
-        pd.testing.assert_frame_equal(got[floats], want[floats], check_exact=False, rtol=1e-4, atol=1e-5)
+    _assert_same_numbers(*tables)
 
 
 def test_the_default_chunk_depends_on_the_input_size_alone():
