@@ -41,6 +41,11 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # the reader went away (robench list | head): not an error of ours
+            try:
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush is quiet
+            finally:
+                sys.exit(0)
         except Exception as exc:  # noqa: BLE001 - user code (a model, a defense) failed somewhere unexpected
             if show_traceback():
                 traceback.print_exc()

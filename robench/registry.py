@@ -144,7 +144,6 @@ datasets = Registry("dataset")
 
 _BUILTIN_MODULES = (
     "robench.data",
-    "robench.zoo",
     "robench.defenses",
     "robench.attacks",
 )
@@ -157,7 +156,9 @@ def load_builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in _BUILTIN_MODULES:
+    from robench.zoo import MODEL_MODULES
+
+    for module in (*_BUILTIN_MODULES, *MODEL_MODULES):
         importlib.import_module(module)
     from importlib.metadata import entry_points
 

@@ -1,6 +1,13 @@
 """The model zoo: supervised baselines and representation-learning models used as targets.
 
-The PixelDefend defense built on the zoo's PixelCNN lives in ``robench.defenses.purify``.
+The modules below register their models when imported (``robench.registry.load_builtins`` does
+that); importing this package itself imports nothing heavy, so ``robench --help`` and
+``robench zoo --help`` need no torch. The PixelDefend defense built on the zoo's PixelCNN lives in
+``robench.defenses.purify``.
 """
-from robench.zoo import cnn  # noqa: F401  (registers models)
-from robench.zoo import encoders, mlp, pixelcnn, probes, vqvae  # noqa: F401  (register models)
+
+#: the modules that register zoo models
+MODEL_MODULES = (
+    "robench.zoo.cnn", "robench.zoo.mlp", "robench.zoo.encoders", "robench.zoo.pixelcnn", "robench.zoo.probes",
+    "robench.zoo.vqvae",
+)

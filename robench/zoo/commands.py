@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from robench.console import friendly_errors
-from robench.data import Dataset
 from robench.errors import RobenchError
+
+if TYPE_CHECKING:
+    from robench.data import Dataset
 
 log = logging.getLogger(__name__)
 
