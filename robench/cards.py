@@ -131,33 +131,34 @@ def parse_defense_card(data: dict[str, Any], where: str) -> DefenseCard:
     )
 
 
+def _labelled_tables(data: dict[str, Any], kind: str, schema: dict[str, Any], where: str):
+    """Each ``[[attack]]`` or ``[[certify]]`` table, checked, with where it is and its label
+    (default: the name of what it runs, ``attack`` or ``method``)."""
+    named_by = "attack" if kind == "attack" else "method"
+    for i, entry in enumerate(data.get(kind, [])):
+        at = f"suite card {where}, {kind} #{i + 1}"
+        if not isinstance(entry, dict):
+            raise RobenchError(f"{at}: each [[{kind}]] must be a table")
+        _check_keys(entry, schema, at, (named_by,))
+        label = entry.get("label", entry[named_by])
+        if not _NAME.match(label):
+            raise RobenchError(f"{at}: label {label!r} must be letters, digits, '.', '_', '+' or '-'")
+        yield at, entry, label
+
+
 def parse_suite_card(data: dict[str, Any], where: str) -> SuiteCard:
     _check_keys(data, SUITE_KEYS, f"suite card {where}", ("name",))
     if "attack" not in data and "certify" not in data:
         raise RobenchError(f"suite card {where}: missing required key 'attack'; list [[attack]] (or [[certify]]) tables")
     specs: list[AttackSpec] = []
-    for i, entry in enumerate(data.get("attack", [])):
-        at = f"suite card {where}, attack #{i + 1}"
-        if not isinstance(entry, dict):
-            raise RobenchError(f"{at}: each [[attack]] must be a table")
-        _check_keys(entry, ATTACK_KEYS, at, ("attack",))
-        label = entry.get("label", entry["attack"])
-        if not _NAME.match(label):
-            raise RobenchError(f"{at}: label {label!r} must be letters, digits, '.', '_', '+' or '-'")
+    for at, entry, label in _labelled_tables(data, "attack", ATTACK_KEYS, where):
         eot = entry.get("eot_samples")
         if eot is not None and eot < 1:
             raise RobenchError(f"{at}: eot_samples must be >= 1, got {eot}")
         specs.append(AttackSpec(entry["attack"], label, dict(entry.get("params", {})),
                                 adaptive=entry.get("adaptive", True), eot_samples=eot))
     certifiers: list[CertifySpec] = []
-    for i, entry in enumerate(data.get("certify", [])):
-        at = f"suite card {where}, certify #{i + 1}"
-        if not isinstance(entry, dict):
-            raise RobenchError(f"{at}: each [[certify]] must be a table")
-        _check_keys(entry, CERTIFY_KEYS, at, ("method",))
-        label = entry.get("label", entry["method"])
-        if not _NAME.match(label):
-            raise RobenchError(f"{at}: label {label!r} must be letters, digits, '.', '_', '+' or '-'")
+    for _, entry, label in _labelled_tables(data, "certify", CERTIFY_KEYS, where):
         certifiers.append(CertifySpec(entry["method"], label, dict(entry.get("params", {}))))
     if not specs and not certifiers:
         raise RobenchError(f"suite card {where}: lists no attacks; add at least one [[attack]] table")
