@@ -9,8 +9,7 @@ from torch import nn
 from robench.data import Dataset
 from robench.registry import models
 from robench.target import IMAGE
-from robench.zoo.cache import cached_model
-from robench.zoo.training import accuracy, seeded_init, train_classifier
+from robench.zoo.training import supervised
 
 log = logging.getLogger(__name__)
 CODE_VERSION = 2
@@ -70,14 +69,7 @@ def build_cnn(data: Dataset) -> SmallCNN:
 @models.register("cnn", inputs=(IMAGE,), description="small supervised CNN trained on the data set on first use (cached)")
 def cnn(data: Dataset, *, seed: int = 0, epochs: int = 30) -> nn.Module:
     config = {"code": CODE_VERSION, "data": data.fingerprint, "seed": seed, "epochs": epochs, **architecture_key(data.input_shape)}
-
-    def train(model: nn.Module) -> dict:
-        train_classifier(model, data.x_train, data.y_train, epochs=epochs, seed=seed)
-        acc = accuracy(model, data.x_test, data.y_test)
-        log.info("cnn trained: clean test accuracy %.4f", acc)
-        return {"clean_test_accuracy": acc}
-
-    return cached_model("cnn", config, lambda: seeded_init(seed, lambda: build_cnn(data)), train)
+    return supervised("cnn", config, lambda: build_cnn(data), data, epochs=epochs, seed=seed)
 
 
 @models.register("mnist-cnn", inputs=(IMAGE,),

@@ -23,7 +23,7 @@ from robench.data import Dataset
 from robench.registry import models
 from robench.target import ANY
 from robench.zoo.cache import cached_model
-from robench.zoo.training import accuracy, seeded_init, train_classifier
+from robench.zoo.training import accuracy, seeded_init, supervised, train_classifier
 
 log = logging.getLogger(__name__)
 CODE_VERSION = 1
@@ -63,14 +63,7 @@ def worst_case_logits(lower: Tensor, upper: Tensor, y: Tensor) -> Tensor:
 @models.register("mlp", inputs=(ANY,), description="2 x 32 ReLU MLP (standard training, cached): small enough for exact MILP verification")
 def mlp(data: Dataset, *, seed: int = 0, epochs: int = 30) -> nn.Module:
     config = {"code": CODE_VERSION, "data": data.fingerprint, "seed": seed, "epochs": epochs}
-
-    def train(model: nn.Module) -> dict:
-        train_classifier(model, data.x_train, data.y_train, epochs=epochs, seed=seed)
-        clean = accuracy(model, data.x_test, data.y_test)
-        log.info("mlp trained: clean test accuracy %.4f", clean)
-        return {"clean_test_accuracy": clean}
-
-    return cached_model("mlp", config, lambda: seeded_init(seed, lambda: build_mlp(data)), train)
+    return supervised("mlp", config, lambda: build_mlp(data), data, epochs=epochs, seed=seed)
 
 
 @models.register("ibp-mlp", inputs=(ANY,),

@@ -1,6 +1,8 @@
 """Shared supervised training loop for zoo models: seeded, deterministic, CPU by default."""
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Callable
 
 import torch
@@ -15,6 +17,9 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> 
     for start in range(0, len(x), batch_size):
         correct += (model(x[start : start + batch_size]).argmax(1) == y[start : start + batch_size]).sum().item()
     return correct / max(len(x), 1)
+
+
+log = logging.getLogger(__name__)
 
 
 def train_classifier(
@@ -51,3 +56,17 @@ def seeded_init(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
+
+
+def supervised(name: str, config: dict, build: Callable[[], nn.Module], data, *, epochs: int, seed: int) -> nn.Module:
+    """A classifier trained with cross-entropy on ``data`` on first use and cached under ``name``
+    (the zoo's ``cnn`` and ``mlp``): seeded build, seeded training, clean accuracy in its meta."""
+    from robench.zoo.cache import cached_model
+
+    def train(model: nn.Module) -> dict:
+        train_classifier(model, data.x_train, data.y_train, epochs=epochs, seed=seed)
+        clean = accuracy(model, data.x_test, data.y_test)
+        log.info("%s trained: clean test accuracy %.4f", name, clean)
+        return {"clean_test_accuracy": clean}
+
+    return cached_model(name, config, lambda: seeded_init(seed, build), train)
