@@ -9,7 +9,10 @@ gradients). The checks are the symptoms those papers, and the checklist of Carli
   ``gradient_free_beats_gradient`` and ``accuracy_not_decreasing``;
 * probe checks (:mod:`.probes`) run small extra attacks on a sample of ``PROBE_EXAMPLES``
   clean-correct examples: ``unbounded_attack_fails``, ``attack_not_converged``,
-  ``vanishing_gradients``, ``randomized_predictions`` and ``transfer_beats_whitebox``.
+  ``vanishing_gradients``, ``randomized_predictions`` and ``transfer_beats_whitebox``; and
+  (:mod:`.checklist`) ``single_step_beats_iterative``, ``random_search_beats_attacks``,
+  ``hard_label_beats_gradient``, ``gradient_mismatch``, ``restart_sensitivity``,
+  ``step_size_sensitivity`` and ``targeted_beats_untargeted``.
 
 Each check is declared once, with :func:`check` (:mod:`.registry`); the name lists and the report
 sentences below are derived from that registry. Every check yields one :class:`Diagnostic` per
@@ -31,6 +34,7 @@ from robench.diagnostics.probes import (  # imported after .table: the registry'
     TRANSFER_EXCESS, UNBOUNDED_MAX_ROBUST, UNBOUNDED_PGD_REL_STEPSIZE, UNBOUNDED_PGD_STEPS, UNBOUNDED_SPSA,
     VANISHING_FRACTION, VANISHING_NORM, input_gradient_norms, probe_checks, unbounded_threat,
 )
+from robench.diagnostics import checklist  # noqa: E402,F401  (after .probes: the rest of the checklist's probes)
 from robench.schema import DIAGNOSTIC_COLUMNS
 from robench.stats import sign_test
 

@@ -76,7 +76,7 @@ RANDOMNESS_LOGIT_TOLERANCE = 1e-4
 
 
 @dataclass
-class _Probe:
+class Probe:
     """What the probe checks share: the sample, its seeds, the models, and the base white-box attack's result."""
 
     defense: str
@@ -98,9 +98,14 @@ class _Probe:
         key = f"diagnostics|{self.defense}|{float(self.threat.epsilon)!r}|{name}"
         return rng.example_seeds(self.seed, key, self.ids).to(self.x.device)
 
-    def attack(self, name: str, attack: Attack, run_on: nn.Module, threat: ThreatModel) -> tuple[Tensor, Tensor]:
-        """Run ``attack`` on ``run_on``; verify the proposals on the real target. Returns (x_adv, broken)."""
-        result, verified = attack_and_verify(attack, self.target, self.x, self.y, threat, seeds=self.seeds(name),
+    def attack(self, name: str, attack: Attack, run_on: nn.Module, threat: ThreatModel,
+               rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run ``attack`` on ``run_on`` (on the probe examples ``rows``, default all); verify the
+        proposals on the real target. Returns (x_adv, broken) for those rows."""
+        x, y, seeds = self.x, self.y, self.seeds(name)
+        if rows is not None:
+            x, y, seeds = x[rows], y[rows], seeds[rows]
+        result, verified = attack_and_verify(attack, self.target, x, y, threat, seeds=seeds,
                                              attack_target=run_on, draws=self.draws, max_batch=self.max_batch)
         return result.x_adv.detach(), verified.broken
 
@@ -167,7 +172,7 @@ def probe_checks(
         if len(candidates) > n_examples:
             order = torch.randperm(len(candidates), generator=rng.torch_generator(rng.derive_seed(seed, "diagnostics", defense)))
             candidates = candidates[order[:n_examples].to(device)].sort().values
-        probe = _Probe(defense, threat, target, attack_target, undefended, whitebox_robust, x[candidates], y[candidates],
+        probe = Probe(defense, threat, target, attack_target, undefended, whitebox_robust, x[candidates], y[candidates],
                        ids[candidates.cpu()], seed, draws, max_batch, pgd_steps)
         found: list[Diagnostic] = []
         for c in checks:
@@ -211,7 +216,7 @@ def input_gradient_norms(target: nn.Module, x: Tensor, y: Tensor, *, max_batch: 
     "defense's gradients (or is broken). Use BPDA/EOT or a gradient-free attack, and check the "
     "attack's step size."
 ))
-def _unbounded_attack_fails(probe: _Probe) -> Finding:
+def _unbounded_attack_fails(probe: Probe) -> Finding:
     """Carlini et al. 2019's checklist: unbounded attacks must reach 100% success."""
     big = unbounded_threat(probe.threat, tuple(probe.x.shape[1:]))
     n = len(probe.x)
@@ -237,7 +242,7 @@ def _unbounded_attack_fails(probe: _Probe) -> Finding:
     "budget: the base attack had not converged, so its robust accuracy is an overestimate. Raise "
     "the steps and restarts of the suite's gradient attack until the number stops falling."
 ))
-def _attack_not_converged(probe: _Probe) -> Finding:
+def _attack_not_converged(probe: Probe) -> Finding:
     """Carlini et al. 2019's checklist: more iterations and restarts must not keep lowering accuracy."""
     _, base_broken = probe.base()
     steps = probe.pgd_steps * CONVERGENCE_FACTOR
@@ -260,7 +265,7 @@ def _attack_not_converged(probe: _Probe) -> Finding:
     "sampled inputs (quantisation, saturated softmax as in defensive distillation): gradient "
     "attacks get no direction. Attack through BPDA, use a margin (logit) loss, or rely on SPSA."
 ))
-def _vanishing_gradients(probe: _Probe) -> Finding:
+def _vanishing_gradients(probe: Probe) -> Finding:
     """Athalye et al. 2018 (shattered gradients); Carlini & Wagner 2016 (distillation's saturated softmax)."""
     # PGD's random start, drawn from the probe's own seeds
     start = probe.threat.random_start(probe.x, seeds=probe.seeds("gradient-start"), counter=0, radius_counter=1)
@@ -289,7 +294,7 @@ def _vanishing_gradients(probe: _Probe) -> Finding:
     "target randomized so that predictions use a majority over draws and gradients use EOT."
 ))
 @torch.no_grad()
-def _randomized_predictions(probe: _Probe) -> Finding:
+def _randomized_predictions(probe: Probe) -> Finding:
     """Athalye et al. 2018 (stochastic gradients, EOT): randomness must be declared to be handled."""
     x_adv, _ = probe.base()
     inputs = torch.cat([probe.x, x_adv])
@@ -316,7 +321,7 @@ def _randomized_predictions(probe: _Probe) -> Finding:
     "more examples than the white-box attack on the defended target: the white-box gradients are "
     "less useful than a surrogate's, a sign of masking. Attack through BPDA/EOT or a surrogate."
 ))
-def _transfer_beats_whitebox(probe: _Probe) -> Finding:
+def _transfer_beats_whitebox(probe: Probe) -> Finding:
     """Athalye et al. 2018; Carlini et al. 2019's checklist: a transfer attack must not beat white-box."""
     if probe.undefended is None or probe.undefended is probe.target:
         return probe.finding(False, "not run: no undefended model distinct from the target")

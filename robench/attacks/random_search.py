@@ -1,0 +1,80 @@
+"""Random search in the ball: the baseline every gradient attack must beat (Carlini et al. 2019, Sec. 5.2).
+
+"On Evaluating Adversarial Robustness" (Carlini, Athalye, Papernot, Brendel, Rauber, Tsipras,
+Goodfellow, Madry, Kurakin 2019) asks an evaluation to check that "random sampling does not find
+adversarial examples" where the attacks did not: if points drawn blindly from the ball succeed
+where gradient attacks failed, the attacks are being misled. Points are drawn where random noise
+does the most: under L-inf at the vertices of the ball (every coordinate at +-eps), under L2 on
+its surface; then clipped to the data bounds. Draws come from each example's own counter stream
+(``robench.rng``), in blocks of ``block`` samples, so a result depends on nothing but the seed.
+
+An example stops at its first block holding a misclassified point; its proposal is the point of
+lowest margin seen (``verify`` decides whether it counts). Queries: one forward row per sample.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from robench import rng
+from robench.attacks.base import Attack, AttackResult
+from robench.errors import RobenchError
+from robench.registry import attacks
+from robench.target import logits_in_chunks, margin, queries_per_row
+from robench.threat import ThreatModel
+
+
+@attacks.register("random-search", description="random points at the vertices (L-inf) or surface (L2) of the ball (Carlini et al. 2019, Sec. 5.2)")
+class RandomSearch(Attack):
+    """``samples`` random points per example, evaluated ``block`` at a time."""
+
+    name = "random-search"
+    gradient_free = True
+
+    def __init__(self, *, samples: int = 10_000, block: int = 250, max_batch: int | None = None) -> None:
+        for label, value in (("samples", samples), ("block", block)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise RobenchError(f"random-search: {label} must be an integer >= 1, got {value!r}")
+        if max_batch is not None and max_batch < 1:
+            raise RobenchError(f"random-search: max_batch must be >= 1, got {max_batch}")
+        self.samples = int(samples)
+        self.block = int(block)
+        self.max_batch = max_batch
+
+    def params(self) -> dict:
+        return {"samples": self.samples, "block": self.block}
+
+    def directions(self, threat: ThreatModel, seeds: Tensor, counter: int, k: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """(len(seeds), k, *shape) perturbations of norm epsilon: L-inf vertices, L2 surface points."""
+        if threat.norm == "linf":
+            return threat.epsilon * rng.rademacher(seeds, counter, (k, *shape), dtype)
+        g = rng.normal(seeds, counter, (k, *shape), dtype)
+        norms = g.flatten(2).norm(dim=2).clamp_min(1e-12).view(len(seeds), k, *[1] * len(shape))
+        return threat.epsilon * g / norms
+
+    @torch.no_grad()
+    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
+        n, shape = len(x), tuple(x.shape[1:])
+        max_batch = self.max_batch or 4096
+        x_adv = x.clone()
+        best = torch.full((n,), float("inf"), device=x.device)
+        queries = torch.zeros(n, dtype=torch.long, device=x.device)
+        active = torch.arange(n, device=x.device)
+        per_row = queries_per_row(target)
+        for block, start in enumerate(range(0, self.samples, self.block)):
+            if len(active) == 0:
+                break
+            k = min(self.block, self.samples - start)
+            delta = self.directions(threat, seeds[active].to(x.device), block, k, shape, x.dtype)
+            points = (x[active, None] + delta).clamp(*threat.bounds)  # (a, k, *shape)
+            flat = points.reshape(-1, *shape)
+            logits = logits_in_chunks(target, flat, max_batch)
+            margins = margin(logits, y[active].repeat_interleave(k)).view(len(active), k)
+            queries[active] += k * per_row
+            low, where = margins.min(dim=1)
+            better = low < best[active]
+            chosen = points[torch.arange(len(active), device=x.device), where]
+            x_adv[active[better]] = chosen[better]
+            best[active[better]] = low[better]
+            active = active[~(margins < 0).any(dim=1)]
+        return AttackResult(x_adv, queries)
