@@ -80,3 +80,27 @@ def test_a_defense_a_certifier_cannot_bound_is_refused_before_the_run(tmp_path):
     model, x, y = _mlp()
     with pytest.raises(RobenchError, match="certifier 'ibp' cannot certify defense 'bit-depth-3'"):
         robench.evaluate(model, x, y, defenses=("none", "bit-depth-3"), suite=write_suite(tmp_path, SUITE), diagnostics=False)
+
+
+def test_the_report_draws_the_bracket_band_with_the_unknown_mass(tmp_path):
+    model, x, y = _mlp()
+    suite = write_suite(tmp_path, SUITE.replace('method = "milp"\n[certify.params]\ntime_limit = 5.0\n', 'method = "crown"\n'))
+    out = tmp_path / "run"
+    evaluation = robench.evaluate(model, x, y, defenses=("none",), suite=suite, epsilons=(0.05, 0.2), diagnostics=False, out=out)
+    html = (out / "report.html").read_text()
+    assert 'id="bracket-table"' in html and "The bracket: certified and attacked robust accuracy" in html
+    worst = evaluation.results[evaluation.results.attack == "worst-case"]
+    for _, row in worst.iterrows():
+        certified, attacked = row["certified_accuracy"], row["robust_accuracy"]
+        assert f'class="certified" style="width: {100 * certified:.2f}%"' in html
+        assert f'class="unknown" style="width: {100 * (attacked - certified):.2f}%"' in html
+        assert f"{100 * row['unknown_fraction']:.1f}%" in html
+    assert (worst["unknown_fraction"] > 0).any(), "IBP/CROWN leave something unknown at 0.2 on a random MLP"
+
+
+def test_a_report_without_certifiers_has_no_bracket(tmp_path):
+    model, x, y = _mlp()
+    suite = write_suite(tmp_path, SUITE.split("[[certify]]")[0])
+    out = tmp_path / "run"
+    robench.evaluate(model, x, y, defenses=("none",), suite=suite, epsilons=(0.05,), diagnostics=False, out=out)
+    assert 'id="bracket-table"' not in (out / "report.html").read_text()

@@ -97,3 +97,37 @@ def gradient_vs_worst_figure(gradient: pd.DataFrame, worst: pd.DataFrame, palett
     left.set_ylabel("robust accuracy")
     right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
     return to_data_uri(figure)
+
+
+def bracket_figure(worst: pd.DataFrame, palette: dict[str, str]) -> str:
+    """Certified (lower bound) and attacked (upper bound) robust accuracy against epsilon; the
+    band between them is where the true robust accuracy lies."""
+    figure = new_figure(7.2, 3.9)
+    ax = figure.add_subplot()
+    rows = worst[worst["certified_accuracy"].notna()].astype({"epsilon": float})
+    epsilons = sorted(rows["epsilon"].unique())
+    for defense, color in palette.items():
+        group = rows[rows["defense"] == defense].sort_values("epsilon")
+        if group.empty:
+            continue
+        x = group["epsilon"].to_numpy(float)
+        certified, attacked = group["certified_accuracy"].to_numpy(float), group["robust_accuracy"].to_numpy(float)
+        if len(group) > 1:
+            ax.fill_between(x, certified, attacked, color=color, alpha=0.22, linewidth=0)
+            ax.plot(x, certified, color=color, linewidth=2, marker="o", markersize=4, label=f"{plain(defense)} certified")
+            ax.plot(x, attacked, color=color, linewidth=1.5, linestyle="--", marker="v", markersize=4, label=f"{plain(defense)} attacked")
+        else:
+            ax.vlines(x, certified, attacked, color=color, linewidth=8, alpha=0.3)
+            ax.plot(x, certified, "o", color=color, label=f"{plain(defense)} certified")
+            ax.plot(x, attacked, "v", color=color, label=f"{plain(defense)} attacked")
+    ax.set_title("Certified <= true <= attacked robust accuracy", fontsize=11)
+    ax.set_xlabel("epsilon")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.03, 1.03)
+    tidy(ax)
+    ax.set_xticks(epsilons)
+    ax.set_xticklabels([f"{e:g}" for e in epsilons])
+    if len(epsilons) == 1:
+        ax.set_xlim(epsilons[0] * 0.5 if epsilons[0] else -1, epsilons[0] * 1.5 if epsilons[0] else 1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    return to_data_uri(figure)

@@ -134,6 +134,32 @@ def _headline(run: RunFiles, attacks: list[dict[str, Any]]) -> list[dict[str, An
     return rows
 
 
+def _bracket(run: RunFiles) -> list[dict[str, Any]]:
+    """Per (defense, epsilon) where a certifier ran: certified <= true robust accuracy <= attacked.
+
+    The certified share is a lower bound (no point of the ball changes those predictions), the
+    worst-case attacked share an upper bound; what lies between is unknown. Percent positions for
+    the template's band: [0, certified] green, [certified, attacked] grey, a mark at attacked.
+    """
+    results = run.results
+    if "certified_accuracy" not in results.columns:
+        return []
+    worst = results[(results["attack"] == WORST_CASE) & results["certified_accuracy"].notna()]
+    rows = []
+    for _, row in worst.iterrows():
+        certified, attacked = float(row["certified_accuracy"]), float(row["robust_accuracy"])
+        unknown = float(row["unknown_fraction"]) if "unknown_fraction" in row.index and pd.notna(row["unknown_fraction"]) \
+            else attacked - certified
+        rows.append({
+            "defense": str(row["defense"]), "epsilon": f"{float(row['epsilon']):g}",
+            "certified": _pct(certified), "attacked": _pct(attacked), "unknown": _pct(unknown),
+            "certified_low": _pct(float(row["certified_accuracy_low"])), "certified_high": _pct(float(row["certified_accuracy_high"])),
+            "certified_width": 100 * certified, "unknown_width": 100 * max(0.0, attacked - certified),
+            "tight": abs(unknown) < 1e-12,
+        })
+    return rows
+
+
 def _curves(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[list(figures.CURVE_COLUMNS)].astype({"epsilon": float})
 
@@ -169,6 +195,14 @@ def _figures(run: RunFiles, attacks: list[dict[str, Any]], palette: dict[str, st
                    "Clopper-Pearson interval over the evaluated examples.",
         "src": figures.robust_accuracy_figure(_curves(worst), palette),
     }]
+    if "certified_accuracy" in worst.columns and worst["certified_accuracy"].notna().any():
+        found.append({
+            "title": "The bracket: certified and attacked robust accuracy",
+            "caption": "Per defense, the true robust accuracy lies in the band: above the certified share (solid, "
+                       "a lower bound: a certifier proved no point of the ball changes the prediction) and below the "
+                       "worst case over the attacks (dashed, an upper bound). The band's height is the unknown mass.",
+            "src": figures.bracket_figure(worst, palette),
+        })
     gradient = [a["label"] for a in attacks if not a["gradient_free"] and a["in_results"]]
     if gradient:
         curves, title = _gradient_only(run, gradient)
@@ -320,6 +354,7 @@ def report_context(run: RunFiles) -> dict[str, Any]:
         "suite_attacks": attacks,
         "unrecorded": _unrecorded_sentence(unrecorded) if unrecorded else "",
         "headline": _headline(run, [a for a in attacks if a["in_results"]]),
+        "bracket": _bracket(run),
         "figures": _figures(run, attacks, palette),
         "grids": _image_grids(run),
         "diagnostics": _diagnostics(run),
