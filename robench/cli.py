@@ -154,8 +154,8 @@ def evaluate(
 @friendly_errors
 def list_command() -> None:
     """Show registered data sets, models, defense factories, defense cards, attacks and suites."""
+    from robench import catalog
     from robench.cards import all_defense_cards, load_suite_card, suite_card_names
-    from robench.registry import attacks, datasets, defenses, models
 
     def section(title: str, rows: list[tuple[str, str]]) -> None:
         click.echo(click.style(title, bold=True))
@@ -163,15 +163,11 @@ def list_command() -> None:
         for name, text in rows:
             click.echo(f"  {name.ljust(width)}  {text}")
 
-    def threats(entry: Any) -> str:
-        epsilons = entry.extra.get("epsilons")
-        return f"  [default eps: {', '.join(f'{n} {e:g}' for n, e in epsilons.items())}]" if epsilons else ""
-
-    section("datasets", [(e.name, e.description + threats(e)) for e in datasets.entries()])
-    section("models", [(e.name, e.description) for e in models.entries()])
-    section("defense factories", [(e.name, e.description) for e in defenses.entries()])
+    registered = catalog.sections()  # no torch import unless a plugin may add entries
+    for title in ("datasets", "models", "defense factories"):
+        section(title, [(name, text) for name, text in registered[title]])
     section("defenses (cards)", [(c.name, f"{c.factory} {c.params or ''}  {c.paper}".strip()) for c in all_defense_cards()])
-    section("attacks", [(e.name, e.description) for e in attacks.entries()] + [("foolbox.<Class>", "any foolbox attack by class name")])
+    section("attacks", [(name, text) for name, text in registered["attacks"]] + [("foolbox.<Class>", "any foolbox attack by class name")])
     section("suites", [(n, ", ".join(s.label for s in load_suite_card(n).attacks)) for n in suite_card_names()])
 
 
