@@ -18,11 +18,19 @@ from torch import Tensor, nn
 from robench.assemble import Evaluation
 from robench.data import Dataset, validate_arrays
 from robench.errors import RobenchError
+from robench.progress import Progress
 from robench.runner import evaluate_config
 from robench.spec import EvalConfig
 
 #: the names a call's results give its model object and arrays
 MODEL_NAME, DATA_NAME = "python-model", "python-data"
+
+
+def interactive() -> bool:
+    """A REPL, a notebook kernel, or stderr on a terminal: where a silent minute looks like a hang."""
+    import sys
+
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive) or "ipykernel" in sys.modules or sys.stderr.isatty()
 
 
 def _numpy(array: Tensor | np.ndarray, what: str) -> np.ndarray:
@@ -49,6 +57,7 @@ def evaluate(
     train: tuple[Tensor | np.ndarray, Tensor | np.ndarray] | None = None,
     out: str | Path | None = None,
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    progress: bool | None = None,
 ) -> Evaluation:
     """Attack ``model`` on the examples ``x`` (N, C, H, W in [0, 1], or uint8) with labels ``y``.
 
@@ -57,7 +66,9 @@ def evaluate(
     ``.examples``, ``.diagnostics`` are pandas frames). Defenses that train a model of their own
     (e.g. ``adv-trained``) need ``train=(x_train, y_train)``. ``out`` writes the usual run
     directory (results.csv, ..., report.html). ``normalize=(mean, std)`` (per channel) wraps a
-    model that expects normalized inputs; the threat model stays in pixel space.
+    model that expects normalized inputs; the threat model stays in pixel space. ``progress``
+    prints progress in model queries to stderr (a bar on a terminal, a line every 30 s otherwise);
+    by default only in interactive use (a REPL, a notebook or a terminal).
     """
     if not isinstance(model, nn.Module):
         raise RobenchError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -75,7 +86,11 @@ def evaluate(
                         epsilons=tuple(float(e) for e in epsilons), n_examples=len(x_test), seed=seed, device=device,
                         max_batch=max_batch, diagnostics=diagnostics,
                         normalize=None if normalize is None else (tuple(map(float, normalize[0])), tuple(map(float, normalize[1]))))
-    evaluation = evaluate_config(config, model=model, data=data)
+    shown = Progress(enabled=interactive() if progress is None else bool(progress))
+    try:
+        evaluation = evaluate_config(config, model=model, data=data, on_unit=shown.update, on_plan=shown.start)
+    finally:
+        shown.close()
     if out is not None:
         from robench.output import prepare_out_dir, write_evaluation
 

@@ -84,7 +84,7 @@ def evaluate(
     """Attack every defense with every attack of a suite; report worst-case robust accuracy."""
     setup_logging(quiet)
     from robench.output import prepare_out_dir, write_evaluation
-    from robench.progress import UnitProgress
+    from robench.progress import Progress
     from robench.runner import evaluate_config
     from robench.spec import EvalConfig
     from robench.store import RunStore
@@ -112,6 +112,7 @@ def evaluate(
     target_dir = resume or out
     if target_dir and not resume:
         RunStore(target_dir).check_owned(force=force)  # before anything is created there
+    made = _missing_folders(Path(target_dir)) if target_dir else []
     out_dir = prepare_out_dir(target_dir) if target_dir else None
     config = EvalConfig(
         dataset=dataset, model=model, defenses=tuple(defenses), suite=suite, norm=norm,
@@ -120,13 +121,18 @@ def evaluate(
         normalize=normalization,
     )
     store = RunStore(out_dir) if out_dir is not None else None
-    progress = UnitProgress(enabled=not quiet)
+    progress = Progress(enabled=not quiet)
     try:
-        evaluation = evaluate_config(config, store=store, executor=executor, address=address,
-                                     on_unit=progress.update, on_plan=progress.start, resume=bool(resume), force=force)
+        try:
+            evaluation = evaluate_config(config, store=store, executor=executor, address=address,
+                                         on_unit=progress.update, on_plan=progress.start, resume=bool(resume), force=force)
+        finally:
+            progress.close()
+            for folder in made:  # the folders this command made, if still empty: a failed start leaves nothing
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
     except KeyboardInterrupt:
-        progress.close()
-        if out_dir is not None:
+        if out_dir is not None and out_dir.is_dir():
             click.echo(f"interrupted: finished units are kept in {out_dir}; "
                        f"finish the run with: robench evaluate --resume {out_dir} (and the same options)", err=True)
         else:
@@ -169,6 +175,16 @@ def list_command() -> None:
     section("defenses (cards)", [(c.name, f"{c.factory} {c.params or ''}  {c.paper}".strip()) for c in all_defense_cards()])
     section("attacks", [(name, text) for name, text in registered["attacks"]] + [("foolbox.<Class>", "any foolbox attack by class name")])
     section("suites", [(n, ", ".join(s.label for s in load_suite_card(n).attacks)) for n in suite_card_names()])
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.absolute().parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
 
 
 def _add_subcommands() -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from robench.assemble import Evaluation, assemble
+from robench.budget import WARN_SECONDS, budgets, estimated_seconds
 from robench.data import Dataset
 from robench.errors import RobenchError
 from robench.executors import make_executor
@@ -39,7 +40,7 @@ def evaluate_config(
     executor: str = "local",
     address: str | None = None,
     on_unit: Callable[[UnitResult], None] | None = None,
-    on_plan: Callable[[list[Unit], int], None] | None = None,
+    on_plan: Callable[[list[Unit], int, dict[str, int]], None] | None = None,
     resume: bool = False,
     model: nn.Module | None = None,
     data: Dataset | None = None,
@@ -77,7 +78,8 @@ def evaluate_config(
 
 def _run_units(
     config: EvalConfig, ctx: Context, store: RunStore | None, executor: str, address: str | None,
-    on_unit: Callable[[UnitResult], None] | None, on_plan: Callable[[list[Unit], int], None] | None, resume: bool,
+    on_unit: Callable[[UnitResult], None] | None, on_plan: Callable[[list[Unit], int, dict[str, int]], None] | None,
+    resume: bool,
 ) -> list[UnitResult]:
     """Every unit's result in plan order: stored ones loaded, the rest run and stored as they finish.
     ``config`` is the configuration as given (what plan.json stores and a resume compares)."""
@@ -100,8 +102,11 @@ def _run_units(
     if done:
         log.info("resuming: %d of %d units already done", len(done), len(units))
     todo = [u for u in units if u.store_key not in done]
+    budget = budgets(ctx, todo)
+    if todo and executor == "local":
+        _warn_if_long(ctx, todo, budget)
     if on_plan is not None:
-        on_plan(todo, len(done))
+        on_plan(todo, len(done), budget)
 
     def finished(unit: Unit, result: UnitResult | BaseException) -> None:
         if isinstance(result, BaseException):  # the executor lost the unit (a worker died)
@@ -120,3 +125,22 @@ def _run_units(
     work = functools.partial(execute_unit, ctx) if executor == "local" else functools.partial(execute_in_worker, config)
     runner.map(work, todo, finished)
     return [done[u.store_key] for u in units]
+
+
+def _warn_if_long(ctx: Context, todo: list[Unit], budget: dict[str, int]) -> None:
+    """One warning before a run estimated (budget x the forward time measured now) to take long."""
+    from robench.progress import count, duration
+
+    chosen = [u for u in todo if not u.is_probe]  # the suite's cost; the diagnostics' is the same for every run
+    try:
+        seconds = estimated_seconds(ctx, chosen, budget)
+    except Exception:  # a target that fails here fails in its units, where the failure is recorded
+        log.debug("no cost estimate", exc_info=True)
+        return
+    if seconds > WARN_SECONDS:
+        heaviest = max(chosen, key=lambda u: budget.get(u.store_key, 0))
+        log.warning("the suite's attacks may take up to about %s: %s model queries at most, at the forward speed measured just now "
+                    "(the largest unit: %s eps=%g %s, %s); lower --n-examples or pick a smaller suite if that is more "
+                    "than you meant", duration(seconds), count(sum(budget[u.store_key] for u in chosen)), heaviest.defense, heaviest.epsilon,
+                    heaviest.attack, count(budget.get(heaviest.store_key, 0)))
+

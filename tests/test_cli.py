@@ -64,3 +64,14 @@ def test_malformed_card_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", "--defense", str(card), "--n-examples", "5"])
     assert result.exit_code == 2
     assert "unknown parameter(s) bitz" in result.output and "valid: bits" in result.output
+
+
+def test_a_run_that_fails_to_start_leaves_no_folder_it_made(tmp_path):
+    out = tmp_path / "new" / "run"
+    result = CliRunner().invoke(main, ["evaluate", "--model", "no-such-model", "--out", str(out)])
+    assert result.exit_code == 2 and "unknown model 'no-such-model'" in result.output
+    assert not out.exists() and not out.parent.exists()
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    result = CliRunner().invoke(main, ["evaluate", "--model", "no-such-model", "--out", str(kept)])
+    assert result.exit_code == 2 and kept.is_dir(), "a folder the user made is never removed"

@@ -134,6 +134,9 @@ class APGD(Attack):
     def loss(logits: Tensor, labels: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def budget(self, threat: ThreatModel) -> int:
+        return (self.steps + 1) * self.restarts
+
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         max_batch = self.max_batch or chunk_rows(x)
         x_adv, queries = self._runs(target, x.detach(), y, seeds, threat, max_batch, [(r, None) for r in range(self.restarts)],
@@ -287,6 +290,9 @@ class APGDT(APGD):
     @staticmethod
     def loss(logits: Tensor, labels: Tensor, classes: Tensor) -> Tensor:  # type: ignore[override]
         return targeted_dlr_loss(logits, labels, classes)
+
+    def budget(self, threat: ThreatModel) -> int:
+        return 1 + (self.steps + 1) * self.restarts * self.n_target_classes
 
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         if len(x) == 0:

@@ -39,5 +39,10 @@ class Attack(Hyperparameters):
         """Whether the attack has a version for this threat model's norm (checked before a run starts)."""
         return True
 
+    def budget(self, threat: ThreatModel) -> int | None:
+        """The most forward rows one example can cost (before a target's own ``queries_per_row``),
+        for progress bars and cost warnings only; None when the attack cannot say."""
+        return None
+
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         raise NotImplementedError

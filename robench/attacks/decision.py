@@ -36,8 +36,18 @@ class HopSkipJump(FoolboxAttack):
                          initial_gradient_eval_steps=int(initial_gradient_eval_steps),
                          max_gradient_eval_steps=int(max_gradient_eval_steps), gamma=float(gamma))
 
+    def budget(self, threat: ThreatModel) -> int:
+        """The start search (foolbox's blended noise: up to 1,000 directions, 50 steps) and, per
+        step, the gradient estimate plus about 30 queries of binary and step-size search."""
+        p = self.foolbox_params
+        per_step = sum(min(int(p["initial_gradient_eval_steps"] * (k + 1) ** 0.5), p["max_gradient_eval_steps"]) + 30
+                       for k in range(p["steps"]))
+        return (1050 + per_step) * self.restarts
+
     def _foolbox_attack(self, norm: str) -> Any:
-        return fb.attacks.HopSkipJumpAttack(constraint=norm, **self.foolbox_params)
+        # foolbox's own fallback start search, named so that it does not log that it fell back
+        start = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=50)
+        return fb.attacks.HopSkipJumpAttack(init_attack=start, constraint=norm, **self.foolbox_params)
 
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         """foolbox gives up on a whole batch when its starting-point search fails on any row, or

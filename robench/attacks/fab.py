@@ -187,6 +187,9 @@ class FABT(Attack):
         self.early_stop = bool(early_stop)
         self.max_batch = None if max_batch is None else int(max_batch)
 
+    def budget(self, threat: ThreatModel) -> int:
+        return 1 + (self.steps + 1) * self.restarts * self.n_target_classes
+
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         n = len(x)
         if n == 0:

@@ -98,6 +98,19 @@ class FoolboxAttack(Attack):
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{self.name}[{'/'.join(self._class_names.values())}]({args})"
 
+    def budget(self, threat: ThreatModel) -> int | None:
+        """``steps`` (times ``binary_search_steps`` where the class has them), as given or the class's default."""
+        class_name = self._class_names.get(threat.norm)
+        if class_name is None:
+            return None
+        defaults = {k: p.default for k, p in inspect.signature(getattr(fb.attacks, class_name).__init__).parameters.items()}
+        value = {**defaults, **self.foolbox_params}
+        steps = value.get("steps", 1)
+        searches = value.get("binary_search_steps", 1)
+        if not isinstance(steps, int) or not isinstance(searches, int):
+            return None
+        return (steps + 1) * searches * self.restarts
+
     def supports(self, norm: str) -> bool:
         return norm in self._class_names
 

@@ -77,6 +77,9 @@ class PGD(Attack):
         rel = self.rel_stepsize if self.rel_stepsize is not None else default_rel
         return steps, rel * threat.epsilon
 
+    def budget(self, threat: ThreatModel) -> int:
+        return (self.schedule(threat)[0] + 1) * self.restarts
+
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         steps, step_size = self.schedule(threat)
         if len(x) == 0:

@@ -52,6 +52,9 @@ class RandomSearch(Attack):
         norms = g.flatten(2).norm(dim=2).clamp_min(1e-12).view(len(seeds), k, *[1] * len(shape))
         return threat.epsilon * g / norms
 
+    def budget(self, threat: ThreatModel) -> int:
+        return self.samples
+
     @torch.no_grad()
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         n, shape = len(x), tuple(x.shape[1:])

@@ -80,6 +80,9 @@ class SPSA(Attack):
         """Forward rows per example per step: the perturbation samples plus the iterate's check."""
         return (self.samples + 1) * self.loss_draws
 
+    def budget(self, threat: ThreatModel) -> int:
+        return self.steps * self.queries_per_step()
+
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         n, shape = len(x), tuple(x.shape[1:])
         max_batch = self.max_batch or chunk_rows(x)

@@ -163,6 +163,9 @@ class Square(Attack):
         self.p_init = p_init
         self.max_batch = max_batch
 
+    def budget(self, threat: ThreatModel) -> int:
+        return self.queries
+
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         if x.dim() != 4 or min(x.shape[2:]) < 2:
             raise RobenchError(
