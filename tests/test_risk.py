@@ -72,3 +72,14 @@ def test_summary_counts_queries_over_the_suite_and_clean_accuracy():
     assert table.loc[WORST_CASE, "clean_accuracy"] == 0.75
     assert table.loc[WORST_CASE, "queries_mean"] == 20
     assert table.loc[WORST_CASE, "robust_accuracy_low"] <= 0.25 <= table.loc[WORST_CASE, "robust_accuracy_high"]
+
+
+@pytest.mark.parametrize("status", ["missing", "empty", "nan"])
+def test_no_certified_accuracy_where_no_certifier_ran(status):
+    examples = _frame({"pgd": [True, False, False, False]}, [True, True, True, False])
+    if status == "missing":
+        examples = examples.drop(columns=["certify_status"], errors="ignore")
+    else:
+        examples["certify_status"] = "" if status == "empty" else np.nan
+    table = summarize(examples).set_index("attack")
+    assert table[["certified_accuracy", "unknown_fraction"]].isna().all().all()

@@ -26,6 +26,10 @@ from robench.verify import PREDICTION_DRAWS, attack_and_verify, predict_correct
 
 log = logging.getLogger(__name__)
 
+#: begins the part of a fired check's detail that says the harness already handles the symptom
+#: (a report shows such a row as a note, not as a question about the number)
+HANDLED = "handled:"
+
 #: Examples the probe checks attack: enough to see a gap of ~10 points, cheap enough to cost about a
 #: second per (defense, epsilon) on the digits CNN.
 PROBE_EXAMPLES = 32
@@ -283,7 +287,7 @@ def _vanishing_gradients(probe: Probe) -> Finding:
         f"{int(vanished.sum())} below {VANISHING_NORM:g}, {int(bad.sum())} non-finite, median norm {median}"
         + (f" ({reason})" if reason else "")
         + f"; fires above {VANISHING_FRACTION:.0%}"
-        + ("" if is_differentiable(probe.target) else "; the target declares differentiable=False, so gradient attacks use BPDA")
+        + ("" if is_differentiable(probe.target) else f"; {HANDLED} the target declares differentiable=False, so gradient attacks use BPDA")
     )
     return probe.finding(fraction > VANISHING_FRACTION, detail)
 

@@ -269,11 +269,31 @@ def _diagnostics(run: RunFiles) -> dict[str, Any] | None:
         detail = "" if detail is None or (isinstance(detail, float) and np.isnan(detail)) else str(detail)
         rows.append({"defense": str(record["defense"]), "epsilon": f"{float(record['epsilon']):g}",
                      "check": str(record["check"]), "fired": fired, "detail": detail})
-    rows.sort(key=lambda r: not r["fired"])  # stable: fired first, run order otherwise
+    nothing_to_inflate = _zero_worst_case(run)
+    for row in rows:
+        row["note"] = ""
+        if row["fired"] and HANDLED_MARK in row["detail"]:
+            row["note"] = row["detail"].split(HANDLED_MARK, 1)[1].strip()
+        elif row["fired"] and (row["defense"], row["epsilon"]) in nothing_to_inflate:
+            row["note"] = "the worst-case robust accuracy is already 0: no number to inflate"
+        row["questions"] = row["fired"] and not row["note"]
+    rows.sort(key=lambda r: (not r["questions"], not r["fired"]))  # stable: questions, notes, then the rest
     checks = list(dict.fromkeys(r["check"] for r in rows))
     explained = [{"check": c, "sentence": sentences.get(c, ""), "fired": any(r["fired"] for r in rows if r["check"] == c)}
                  for c in checks]
-    return {"rows": rows, "fired": sum(r["fired"] for r in rows), "checks": explained}
+    return {"rows": rows, "fired": sum(r["fired"] for r in rows), "questions": sum(r["questions"] for r in rows),
+            "notes": sum(r["fired"] and not r["questions"] for r in rows), "checks": explained}
+
+
+#: see robench.diagnostics.probes.HANDLED (the report reads tables, so it keeps its own copy)
+HANDLED_MARK = "handled:"
+
+
+def _zero_worst_case(run: RunFiles) -> set[tuple[str, str]]:
+    """(defense, epsilon as shown) pairs whose worst-case robust accuracy is 0."""
+    worst = run.results[run.results["attack"] == WORST_CASE]
+    return {(str(r["defense"]), f"{float(r['epsilon']):g}") for _, r in worst.iterrows()
+            if float(r["robust_accuracy"]) == 0.0}
 
 
 def _value(value: Any) -> str:

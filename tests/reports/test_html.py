@@ -207,3 +207,26 @@ def test_gradient_only_curves_are_the_worst_case_over_the_gradient_attacks(run_d
         assert title == "Gradient attacks only" and len(curves) == len(expected) == 4
         assert curves["defense"].tolist() == expected["defense"].tolist()
         np.testing.assert_allclose(curves[columns].to_numpy(float), expected[columns].to_numpy(float))
+
+
+def test_the_banner_tells_questions_from_notes_on_what_the_harness_handled(run_dir_factory):
+    import pandas as pd
+
+    from robench.diagnostics.probes import HANDLED
+    from robench.reports import html as report_html
+
+    assert report_html.HANDLED_MARK == HANDLED
+    path = run_dir_factory({("bit-depth-3", 0.1): (4, 20), ("none", 0.1): (0, 20)})
+    rows = [
+        {"defense": "bit-depth-3", "epsilon": 0.1, "check": "vanishing_gradients", "fired": True,
+         "detail": f"64 below 1e-20; {HANDLED} the target declares differentiable=False, so gradient attacks use BPDA"},
+        {"defense": "none", "epsilon": 0.1, "check": "attack_not_converged", "fired": True, "detail": "the longer broke more"},
+    ]
+    pd.DataFrame(rows).to_csv(path / "diagnostics.csv", index=False)
+    html = write_report(path).read_text()
+    assert 'id="diagnostics-alert"' not in html and "2 note(s), no check questions a number" in html
+    assert "no number to inflate" in html and html.count('class="badge note"') == 2
+    rows[1]["defense"] = "bit-depth-3"  # robust accuracy 0.2 there: this one questions the number
+    pd.DataFrame(rows).to_csv(path / "diagnostics.csv", index=False)
+    html = write_report(path).read_text()
+    assert "1 check(s) question a number" in html and "1 more fired check(s) are notes" in html
