@@ -15,6 +15,9 @@ from robench.reports.figures import new_figure, plain, tidy, to_data_uri
 
 #: broken examples shown per (defense, epsilon)
 MAX_EXAMPLES = 6
+#: label size in points. A grid of six examples is about 7.5 inches wide and the page shows it at
+#: least 560 px wide (report.html's .grids), so 11 pt renders at 11-12 px, the size of body text.
+LABEL_POINTS = 11
 #: channels drawn per sequence (the rest are left out, and the title says so)
 MAX_CHANNELS = 3
 #: what one stored example is, by the rank of the N x ... array it sits in
@@ -72,12 +75,12 @@ def image_grid(x: np.ndarray, x_adv: np.ndarray, titles: Sequence[str]) -> str:
             axes[2, j].imshow(np.clip(0.5 + np.transpose(delta[j], (1, 2, 0)) / (2 * scale), 0, 1), interpolation="nearest")
         else:
             axes[2, j].imshow(delta[j].mean(axis=0), cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
-        axes[0, j].set_title(plain(titles[j]) if j < len(titles) else "", fontsize=8)
+        axes[0, j].set_title(plain(titles[j]) if j < len(titles) else "", fontsize=LABEL_POINTS)
         for i in range(3):
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
     for i, name in enumerate(rows):
-        axes[i, 0].set_ylabel(name, fontsize=8)
+        axes[i, 0].set_ylabel(name, fontsize=LABEL_POINTS)
     return to_data_uri(figure)
 
 
@@ -98,7 +101,7 @@ def sequence_grid(x: np.ndarray, x_adv: np.ndarray, titles: Sequence[str]) -> st
     high = float(max(x[:, :shown].max(), x_adv[:, :shown].max()))
     pad = 0.05 * ((high - low) or 1.0)
     positions = np.arange(length)
-    figure = new_figure(1.6 * max(n, 2) + 0.6, 3.2)
+    figure = new_figure(1.25 * max(n, 2) + 0.6, 3.4)
     axes = np.asarray(figure.subplots(2, n, squeeze=False, gridspec_kw={"height_ratios": (2, 1)}))
     for j in range(n):
         signal, perturbation = axes[0, j], axes[1, j]
@@ -115,7 +118,7 @@ def sequence_grid(x: np.ndarray, x_adv: np.ndarray, titles: Sequence[str]) -> st
         title = plain(titles[j]) if j < len(titles) else ""
         if j == 0 and channels > shown:
             title += f"\n({shown} of {channels} channels)"
-        signal.set_title(title, fontsize=8)
+        signal.set_title(title, fontsize=LABEL_POINTS)
         for ax in (signal, perturbation):
             tidy(ax)
             ax.set_xlim(0, max(length - 1, 1))
@@ -123,7 +126,7 @@ def sequence_grid(x: np.ndarray, x_adv: np.ndarray, titles: Sequence[str]) -> st
             if j:
                 ax.set_yticklabels([])
         signal.set_xticklabels([])
-    axes[0, 0].set_ylabel("signal", fontsize=8)
-    axes[1, 0].set_ylabel("perturbation", fontsize=8)
-    axes[0, 0].legend(loc="upper left", fontsize=6, framealpha=0.85, edgecolor="none", handlelength=1.6)
+    axes[0, 0].set_ylabel("signal", fontsize=LABEL_POINTS)
+    axes[1, 0].set_ylabel("perturbation", fontsize=LABEL_POINTS)
+    axes[0, 0].legend(loc="upper left", fontsize=LABEL_POINTS - 2, framealpha=0.85, edgecolor="none", handlelength=1.6)
     return to_data_uri(figure)
