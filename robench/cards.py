@@ -123,12 +123,22 @@ def parse_defense_card(data: dict[str, Any], where: str) -> DefenseCard:
     if tolerance is not None and not 0 <= tolerance <= 1:
         raise RobenchError(f"defense card {where}: tolerance must lie in [0, 1], got {tolerance}")
     return DefenseCard(
-        name=data["name"], factory=data["factory"], params=dict(data.get("params", {})),
+        name=data["name"], factory=_beside_card(data["factory"], where), params=dict(data.get("params", {})),
         paper=data.get("paper", ""), description=data.get("description", ""),
         differentiable=data.get("differentiable"), randomized=data.get("randomized"),
         tolerance=None if tolerance is None else float(tolerance), default=data.get("default", True),
         source=where,
     )
+
+
+def _beside_card(factory: str, where: str) -> str:
+    """A relative ``file.py:callable`` found next to the card is that file (cards travel with their
+    code); anything else is left as written (a module path, or a file relative to the current directory)."""
+    module, _, attribute = factory.rpartition(":")
+    if not module.endswith(".py") or Path(module).is_absolute():
+        return factory
+    beside = Path(where).parent / module
+    return f"{beside}:{attribute}" if Path(where).is_file() and beside.is_file() else factory
 
 
 def _labelled_tables(data: dict[str, Any], kind: str, schema: dict[str, Any], where: str):

@@ -41,6 +41,8 @@ class Dataset:
     bounds: tuple[float, float] = (0.0, 1.0)
     #: the data set's standard threat models: epsilon per norm, used when --epsilon is not given
     epsilons: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EPSILONS))
+    #: how the raw data became these tensors (e.g. the fixed affine map into ``bounds``), for readers
+    description: str = ""
 
     def default_epsilon(self, norm: str) -> float:
         return float(self.epsilons.get(norm, DEFAULT_EPSILONS.get(norm, 1.0)))
@@ -110,6 +112,92 @@ def load_mnist(*, seed: int = 0, n_test: int = 1000) -> Dataset:
     x, y = mnist_data()
     x = (np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
     return _to_tensors("mnist", x, np.asarray(y, dtype=np.int64), 10, int(n_test), seed, epsilons=dict(MNIST_EPSILONS))
+
+
+#: the fixed affine map of MNIST-1D into [0, 1]: x01 = (x - LO) / (HI - LO). make_dataset standardises
+#: the signals (mean 0, std 1 over the whole set); its default train split spans [-5.48, 4.53] and the
+#: test split [-4.20, 4.41], so +-6 standard deviations hold every value and no clipping is done.
+MNIST1D_RANGE: tuple[float, float] = (-6.0, 6.0)
+#: MNIST-1D's threat models, in [0, 1] units (1 raw standard deviation = 1/12 = 0.083). Chosen so that
+#: the undefended ``cnn1d`` (0.938 clean on all 1,000 test signals) is partly broken: measured with
+#: ``robench evaluate --dataset mnist1d --model cnn1d --suite quick --defense none`` (first 100 test
+#: signals, seed 0, clean 0.89), worst-case robust accuracy L-inf 0.01: 0.51 (0.02: 0.17, 0.03: 0.05,
+#: 0.05: 0.00); L2 0.05: 0.34 (0.03: 0.59, 0.08: 0.20, 0.12: 0.13). Small, because the signals are smooth
+#: and a CNN reads fine detail: L-inf 0.01 is 0.12 raw standard deviations.
+MNIST1D_EPSILONS: dict[str, float] = {"linf": 0.01, "l2": 0.05}
+#: bump when the generation or the map changes, so a cached copy is regenerated
+MNIST1D_VERSION = 1
+
+
+def _mnist1d_arrays() -> dict[str, np.ndarray]:
+    """MNIST-1D generated with ``make_dataset(get_dataset_args())`` (seed 42, nothing downloaded; the
+    package's ``get_dataset`` would fetch a pickle, so it is never called), mapped into [0, 1], cached
+    under ``$ROBENCH_CACHE/data`` because generation takes about a second."""
+    import os
+    import random
+
+    try:
+        import mnist1d
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise RobenchError("data set 'mnist1d' needs the mnist1d package: pip install 'mnist1d>=0.0.2'") from None
+    args = get_dataset_args()
+    settings = {k: v for k, v in vars(args).items() if k != "url"}
+    import hashlib
+    import json
+
+    key = hashlib.blake2b(json.dumps({"v": MNIST1D_VERSION, "mnist1d": getattr(mnist1d, "__version__", ""),
+                                      "args": settings, "range": MNIST1D_RANGE}, sort_keys=True).encode(),
+                          digest_size=8).hexdigest()
+    path = Path(os.environ.get("ROBENCH_CACHE", Path.home() / ".cache" / "robench")).expanduser() / "data" / f"mnist1d-{key}.npz"
+    names = ("x_train", "y_train", "x_test", "y_test")
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in names}
+        except Exception as exc:  # a truncated or foreign file: regenerate
+            log.warning("cached MNIST-1D %s is unreadable (%s); regenerating", path, exc)
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:  # make_dataset seeds numpy's and Python's global RNGs; the caller's streams are put back
+        raw = make_dataset(args)
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    lo, hi = MNIST1D_RANGE
+    arrays = {"x_train": raw["x"], "y_train": raw["y"], "x_test": raw["x_test"], "y_test": raw["y_test"]}
+    for split_name in ("x_train", "x_test"):
+        x = np.asarray(arrays[split_name], dtype=np.float64)
+        if x.min() < lo or x.max() > hi:
+            raise RobenchError(f"MNIST-1D {split_name} spans [{x.min():.3g}, {x.max():.3g}], outside the fixed range "
+                               f"[{lo:g}, {hi:g}] robench maps into [0, 1]; this mnist1d version generates other data")
+        arrays[split_name] = ((x - lo) / (hi - lo)).astype(np.float32)[:, None, :]
+    arrays["y_train"], arrays["y_test"] = (np.asarray(arrays[n], dtype=np.int64) for n in ("y_train", "y_test"))
+    import io
+
+    from robench.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as exc:
+        log.warning("could not cache MNIST-1D at %s (%s); continuing without it", path, exc)
+    return arrays
+
+
+@datasets.register("mnist1d", description="Greydanus 2020's MNIST-1D, generated locally (mnist1d.make_dataset defaults, "
+                   "seed 42): 4,000 train / 1,000 test sequences 1x40, 10 classes, raw values mapped by the fixed "
+                   "affine (x + 6) / 12 into [0, 1] (no clipping)", epsilons=MNIST1D_EPSILONS)
+def load_mnist1d(*, seed: int = 0) -> Dataset:
+    """MNIST-1D (Greydanus 2020, "Scaling down deep learning"): ten 1-D digit templates, padded, sheared,
+    translated, noised and resampled to 40 points. The package's own split is kept (its seed is fixed,
+    ``seed`` is not used: every run sees the same signals)."""
+    del seed
+    arrays = _mnist1d_arrays()
+    lo, hi = MNIST1D_RANGE
+    return _tensors("mnist1d", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], 10,
+                    epsilons=dict(MNIST1D_EPSILONS),
+                    description=f"mnist1d.data.make_dataset(get_dataset_args()), x01 = (x - ({lo:g})) / ({hi:g} - ({lo:g}))")
 
 
 @datasets.register("synthetic", description="random images (for tests and timing); shape via shape=C,H,W")

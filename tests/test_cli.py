@@ -75,3 +75,24 @@ def test_a_run_that_fails_to_start_leaves_no_folder_it_made(tmp_path):
     kept.mkdir()
     result = CliRunner().invoke(main, ["evaluate", "--model", "no-such-model", "--out", str(kept)])
     assert result.exit_code == 2 and kept.is_dir(), "a folder the user made is never removed"
+
+
+def test_a_model_and_a_defense_from_files_of_ones_own(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    (folder / "cards").mkdir(parents=True)
+    (folder / "mymodels.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def net(data):\n    torch.manual_seed(0)\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()\n")
+    (folder / "cards" / "mydefenses.py").write_text(
+        "from torch import nn\nclass Clip(nn.Module):\n    def forward(self, x):\n        return x.clamp(0.1, 0.9)\n"
+        "def clip(model, *, low=0.1):\n    return nn.Sequential(Clip(), model)\n")
+    (folder / "cards" / "clip.toml").write_text('name = "clip"\nfactory = "mydefenses.py:clip"\n[params]\nlow = 0.1\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the card's code is found beside the card, the model by its path
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(folder / "mymodels.py") + ":net", "--defense",
+                                       str(folder / "cards" / "clip.toml"), "--suite", "quick", "--n-examples", "4",
+                                       "--no-diagnostics", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    results = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert set(results["defense"]) == {"clip"} and "worst-case" in set(results["attack"])

@@ -8,3 +8,4 @@ pass): what BPDA (``robench.attacks.adaptive``) backpropagates through.
 from robench.defenses import preprocessing  # noqa: F401
 from robench.defenses import jpeg, noise, resize_pad, robust_training, saturation, thermometer  # noqa: F401
 from robench.defenses import purify  # noqa: F401,E402  (PixelDefend-style purification; a colleague's module)
+from robench.defenses import sequence_purify  # noqa: F401,E402  (WaveNet / Parallel WaveNet purifiers for sequences)

@@ -9,5 +9,5 @@ that); importing this package itself imports nothing heavy, so ``robench --help`
 #: the modules that register zoo models
 MODEL_MODULES = (
     "robench.zoo.cnn", "robench.zoo.mlp", "robench.zoo.encoders", "robench.zoo.pixelcnn", "robench.zoo.probes",
-    "robench.zoo.vqvae",
+    "robench.zoo.vqvae", "robench.zoo.wavenet", "robench.zoo.sequence", "robench.zoo.cpc_seq", "robench.zoo.acn",
 )

@@ -37,7 +37,7 @@ class ZooEntry:
 
 def zoo_entries(data: Dataset, *, seed: int = 0) -> list[ZooEntry]:
     """Every zoo model with the configuration its factory caches under (factories' defaults)."""
-    from robench.zoo import cnn, encoders, pixelcnn, probes, vqvae
+    from robench.zoo import acn, cnn, encoders, pixelcnn, probes, vqvae
 
     entries = [ZooEntry("cnn", "classifier", {"code": cnn.CODE_VERSION, "data": data.fingerprint, "seed": seed, "epochs": 30})]
     for objective in encoders.OBJECTIVES:
@@ -48,11 +48,16 @@ def zoo_entries(data: Dataset, *, seed: int = 0) -> list[ZooEntry]:
     entries.append(ZooEntry("vqvae-probe", "classifier", probes.probe_config(data, seed=seed, encoder_config=vq)))
     entries.append(ZooEntry("vqvae", "encoder", vq))
     entries.append(ZooEntry("pixelcnn", "density", pixelcnn.pixelcnn_config(data, seed=seed)))
+    ac = acn.acn_config(data, seed=seed)
+    entries.append(ZooEntry("acn-probe", "classifier", probes.probe_config(data, seed=seed, encoder_config=ac)))
+    entries.append(ZooEntry("acn-knn", "classifier", acn.knn_config(data, seed=seed)))
+    entries.append(ZooEntry("acn", "encoder", ac))
     return entries
 
 
 _METRICS = (("clean_test_accuracy", "clean acc {:.4f}"), ("test_bits_per_dim", "{:.3f} bits/dim"),
-            ("final_bound_nats", "bound {:.2f} nats"), ("test_reconstruction_mse", "recon mse {:.4f}"))
+            ("final_bound_nats", "bound {:.2f} nats"), ("test_reconstruction_mse", "recon mse {:.4f}"),
+            ("test_kl_bits", "code {:.1f} bits/image"))
 
 
 def describe_meta(meta: dict[str, Any]) -> str:

@@ -11,8 +11,8 @@ def test_list_shows_every_zoo_model_untrained_in_a_fresh_cache(tmp_path, monkeyp
     result = CliRunner().invoke(zoo, ["list"])
     assert result.exit_code == 0, result.output
     names = [line.split()[0] for line in result.output.splitlines()[1:]]
-    for name in ("cnn", "cpc", "cpc-probe", "nwj-probe", "js-probe", "interpolated-probe", "wpc-probe", "vqvae",
-                 "vqvae-probe", "pixelcnn"):
+    for name in ("cnn", "infonce-views", "infonce-views-probe", "nwj-probe", "js-probe", "interpolated-probe",
+                 "wpc-probe", "vqvae", "vqvae-probe", "pixelcnn", "acn", "acn-probe", "acn-knn"):
         assert name in names
     assert "cached" not in result.output.replace("not trained", "")
 

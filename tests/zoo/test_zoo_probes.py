@@ -10,14 +10,14 @@ from robench.zoo.training import seeded_init
 
 def tiny_probe(data, steps: int = 20):
     def build():
-        return encoders.ContrastiveModel(1, 8, 8, objective="cpc", dim=32, head_dim=16)
+        return encoders.ContrastiveModel(1, 8, 8, objective="infonce-views", dim=32, head_dim=16)
 
     def trained():
         model = seeded_init(0, build)
         encoders.train_contrastive(model, data.x_train, steps=steps, batch_size=32, seed=0)
         return model
 
-    return probes.probe_model("tiny-cpc-probe", data, seed=0, encoder_config={"steps": steps, "dim": 32},
+    return probes.probe_model("tiny-infonce-views-probe", data, seed=0, encoder_config={"steps": steps, "dim": 32},
                               build_encoder=build, trained_encoder=trained, epochs=30)
 
 
