@@ -66,6 +66,8 @@ class RayExecutor:
         started_here = not ray.is_initialized()
         if started_here:
             try:
+                # Ray's own start-up lines (INFO, through our root handler) would land inside the progress bar
+                logging.getLogger("ray").setLevel(logging.WARNING)
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False, ignore_reinit_error=True, runtime_env=_same_code_env())
             except Exception as exc:  # ConnectionError, a bad address, ...
