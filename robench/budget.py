@@ -11,9 +11,6 @@ from __future__ import annotations
 from robench.plan import Unit
 from robench.resolve import Context
 
-#: what a certifier's example counts as (it sends no queries; its cost is bound propagation or a
-#: solver, a few forward passes' worth for IBP/CROWN; MILP's is bounded by its time limit)
-CERTIFY_BUDGET = 10
 #: attacks that cannot say (a foolbox class without a ``steps`` parameter): one step per example
 UNKNOWN_BUDGET = 1
 
@@ -41,8 +38,9 @@ def unit_budget(ctx: Context, unit: Unit) -> int:
         return min(n, PROBE_EXAMPLES) * probe_budget()
     if unit.attack in ctx.certifiers:
         _, certifier = ctx.certifiers[unit.attack]
-        per_example = getattr(certifier, "n0", 0) + getattr(certifier, "n", 0) or CERTIFY_BUDGET
-        return n * per_example
+        # smoothing's noisy forward passes are queries; bound propagation and a solver's time are
+        # not: 0 marks a unit whose cost the budget does not measure (progress says so)
+        return n * (getattr(certifier, "n0", 0) + getattr(certifier, "n", 0))
     labels = list(ctx.attacks) if unit.is_cascade else [unit.attack]
     threat = ctx.threats[float(unit.epsilon)]
     card = ctx.cards.get(unit.defense)

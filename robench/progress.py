@@ -56,6 +56,7 @@ class Progress:
         self.last = ""
         self.started = time.monotonic()
         self.budgets: dict[str, int] = {}
+        self.unmeasured: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -67,6 +68,7 @@ class Progress:
             return
         self.budgets = dict(budgets or {})
         self.total = sum(self.budgets.get(u.store_key, 1) for u in todo)
+        self.unmeasured = {u.store_key for u in todo if self.budgets.get(u.store_key, 1) == 0}
         self.units, self.units_done = len(todo), 0
         self.started = time.monotonic()
         if self.tty:
@@ -86,6 +88,7 @@ class Progress:
         unit = result.unit
         step = self.budgets.get(unit.store_key, 1)
         with self._lock:
+            self.unmeasured.discard(unit.store_key)
             self.finished += step
             self.units_done += 1
             self.queries += result.queries
@@ -110,11 +113,16 @@ class Progress:
     def status(self) -> str:
         """One line: share of the budget done, units, elapsed, and the time left at the rate so far."""
         with self._lock:
-            finished, units_done, last = self.finished, self.units_done, self.last
+            finished, units_done, last, unmeasured = self.finished, self.units_done, self.last, len(self.unmeasured)
         elapsed = time.monotonic() - self.started
         share = finished / self.total if self.total else 0.0
-        left = f"about {duration(elapsed * (1 - share) / share)} left" if share > 0 else "no unit finished yet"
+        if share >= 1.0 or not self.total:
+            left = "the query budget is spent"
+        else:
+            left = f"about {duration(elapsed * (1 - share) / share)} left" if share > 0 else "no unit finished yet"
         tail = f"; last finished: {last}" if last else ""
+        if unmeasured:
+            tail += f"; {unmeasured} certifier unit(s) to go, whose time the budget does not count"
         return (f"robench: {100 * share:.0f}% of the query budget ({units_done}/{self.units} units) in "
                 f"{duration(elapsed)}, {left}{tail}")
 

@@ -21,7 +21,7 @@ from robench_testing import TINY_SUITE, write_suite
 def test_attack_budgets_are_their_most_queries_per_example():
     threat = ThreatModel("linf", 0.1)
     assert PGD(steps=40, restarts=2).budget(threat) == 82
-    assert SPSA(steps=10, samples=32).budget(threat) == 330
+    assert SPSA(steps=10, samples=32).budget(threat) == 331
     assert Square(queries=500).budget(threat) == 500
     assert APGDCE(steps=100).budget(threat) == 101
     assert APGDT(steps=100, n_target_classes=9).budget(threat) == 1 + 101 * 9
@@ -83,3 +83,17 @@ def test_the_api_prints_progress_when_asked(tmp_path, capsys):
     assert "unit(s) to run" in capsys.readouterr().err  # stderr is no terminal here: lines, not a bar
     robench.evaluate(model, x, y, suite=write_suite(tmp_path, TINY_SUITE), epsilons=(0.1,), diagnostics=False, progress=False)
     assert "unit(s) to run" not in capsys.readouterr().err
+
+
+def test_units_whose_cost_the_budget_does_not_measure_are_named():
+    stream = io.StringIO()
+    attack, certify = Unit("none", 0.1, "pgd", 0, 10), Unit("none", 0.1, "milp", 0, 10)
+    progress = Progress(stream=stream, tty=False, interval=60)
+    progress.start([attack, certify], 0, {attack.store_key: 400, certify.store_key: 0})
+    progress.update(_result(attack))
+    status = progress.status()
+    assert "100% of the query budget" in status and "the query budget is spent" in status
+    assert "1 certifier unit(s) to go" in status
+    progress.update(_result(certify))
+    assert "certifier" not in progress.status()
+    progress.close()

@@ -81,7 +81,7 @@ class SPSA(Attack):
         return (self.samples + 1) * self.loss_draws
 
     def budget(self, threat: ThreatModel) -> int:
-        return self.steps * self.queries_per_step()
+        return self.steps * self.queries_per_step() + self.loss_draws  # and the last iterate's check
 
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         n, shape = len(x), tuple(x.shape[1:])
