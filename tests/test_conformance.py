@@ -36,6 +36,8 @@ SMALL = {
     "fmn": {"steps": 5},
     "cw": {"steps": 5, "binary_search_steps": 1},
     "ddn": {"steps": 5},
+    "random-search": {"samples": 300},
+    "hop-skip-jump": {"steps": 3, "initial_gradient_eval_steps": 20, "max_gradient_eval_steps": 40},
 }
 EPSILON = {"linf": 0.1, "l2": 0.5}
 

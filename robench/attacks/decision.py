@@ -50,23 +50,27 @@ class HopSkipJump(FoolboxAttack):
         return fb.attacks.HopSkipJumpAttack(init_attack=start, constraint=norm, **self.foolbox_params)
 
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
-        """foolbox gives up on a whole batch when its starting-point search fails on any row, or
-        asserts when a point its binary search left on the adversarial side is not adversarial on
-        a second look (a randomized target's decisions flip). Then each row runs alone, and a row
-        that still fails proposes its clean input (not broken), with the queries it spent."""
+        """One example at a time: foolbox draws its random directions for a whole batch from one
+        generator, so only a batch of one makes an example's result depend on its seed alone."""
+        if len(x) == 0:
+            return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
+        results = [self._one(target, x[i : i + 1], y[i : i + 1], threat, seeds[i : i + 1]) for i in range(len(x))]
+        return AttackResult(torch.cat([r.x_adv for r in results]), torch.cat([r.queries for r in results]))
+
+    def _one(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, seeds: Tensor) -> AttackResult:
+        """foolbox gives up when its starting-point search fails, or asserts when a point its binary
+        search left on the adversarial side is not adversarial on a second look (a randomized
+        target's decisions flip); then the example proposes its clean input (not broken), with the
+        queries it spent."""
         counter = QueryCounter(target)
         try:
-            with warnings.catch_warnings():  # its start search warns per batch; a failed row is handled below
+            with warnings.catch_warnings():  # its start search warns when it fails; handled below
                 warnings.filterwarnings("ignore", message="LinearSearchBlendedUniformNoiseAttack failed")
                 return super().run(counter, x, y, threat, seeds=seeds)
         except (ValueError, AssertionError) as exc:
             if isinstance(exc, ValueError) and "init_attack failed" not in str(exc):
                 raise
-            if len(x) == 1:
-                return AttackResult(x.detach().clone(), torch.full((1,), counter.rows, dtype=torch.long, device=x.device))
-        spent = -(-counter.rows // len(x))
-        results = [self.run(target, x[i : i + 1], y[i : i + 1], threat, seeds=seeds[i : i + 1]) for i in range(len(x))]
-        return AttackResult(torch.cat([r.x_adv for r in results]), torch.cat([r.queries for r in results]) + spent)
+            return AttackResult(x.detach().clone(), torch.full((1,), counter.rows, dtype=torch.long, device=x.device))
 
 
 @attacks.register("hop-skip-jump", description="foolbox HopSkipJumpAttack, decision-based (Chen, Jordan, Wainwright 2020)")
