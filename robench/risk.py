@@ -90,7 +90,7 @@ def summarize(examples: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """One row per (defense, epsilon, attack) plus the worst case, with intervals."""
     if "certify_status" not in examples.columns:  # a table from before certifiers: none ran
         examples = examples.assign(certify_status="")
-    examples = examples.assign(certify_status=examples["certify_status"].fillna("").astype(str))
+    examples = examples.assign(certify_status=examples["certify_status"].astype(object).fillna("").astype(str))
     frames = [_with_attacked(examples[examples["attack"] != WORST_CASE]), worst_case(examples)]
     rows = pd.concat(frames, ignore_index=True)
     rows["robust"] = rows["clean_correct"].astype(bool) & ~rows["broken"].astype(bool)
