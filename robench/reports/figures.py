@@ -49,6 +49,18 @@ def colors(defenses: Sequence[str]) -> dict[str, str]:
     return {d: PALETTE[i % len(PALETTE)] for i, d in enumerate(defenses)}
 
 
+def epsilon_axes(ax, epsilons: Sequence[float], title: str) -> None:
+    """Robust accuracy (0 to 1) against the run's epsilons, ticks at each; one epsilon gets room on both sides."""
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("epsilon")
+    ax.set_ylim(-0.03, 1.03)
+    tidy(ax)
+    ax.set_xticks(epsilons)
+    ax.set_xticklabels([f"{e:g}" for e in epsilons])
+    if len(epsilons) == 1:
+        ax.set_xlim(epsilons[0] * 0.5 if epsilons[0] else -1, epsilons[0] * 1.5 if epsilons[0] else 1)
+
+
 def _draw_curves(ax, curves: pd.DataFrame, palette: dict[str, str], title: str) -> None:
     """One line per defense with its confidence interval as a band (error bars for one epsilon)."""
     epsilons = sorted(curves["epsilon"].unique())
@@ -63,14 +75,7 @@ def _draw_curves(ax, curves: pd.DataFrame, palette: dict[str, str], title: str) 
             ax.plot(x, y, marker="o", color=color, label=plain(defense), linewidth=2, markersize=5)
         else:
             ax.errorbar(x, y, yerr=[y - low, high - y], fmt="o", color=color, label=plain(defense), capsize=5, markersize=6)
-    ax.set_title(title, fontsize=11)
-    ax.set_xlabel("epsilon")
-    ax.set_ylim(-0.03, 1.03)
-    tidy(ax)
-    ax.set_xticks(epsilons)
-    ax.set_xticklabels([f"{e:g}" for e in epsilons])
-    if len(epsilons) == 1:
-        ax.set_xlim(epsilons[0] * 0.5 if epsilons[0] else -1, epsilons[0] * 1.5 if epsilons[0] else 1)
+    epsilon_axes(ax, epsilons, title)
 
 
 def robust_accuracy_figure(curves: pd.DataFrame, palette: dict[str, str]) -> str:
@@ -120,14 +125,7 @@ def bracket_figure(worst: pd.DataFrame, palette: dict[str, str]) -> str:
             ax.vlines(x, certified, attacked, color=color, linewidth=8, alpha=0.3)
             ax.plot(x, certified, "o", color=color, label=f"{plain(defense)} certified")
             ax.plot(x, attacked, "v", color=color, label=f"{plain(defense)} attacked")
-    ax.set_title("Certified <= true <= attacked robust accuracy", fontsize=11)
-    ax.set_xlabel("epsilon")
+    epsilon_axes(ax, epsilons, "Certified <= true <= attacked robust accuracy")
     ax.set_ylabel("robust accuracy")
-    ax.set_ylim(-0.03, 1.03)
-    tidy(ax)
-    ax.set_xticks(epsilons)
-    ax.set_xticklabels([f"{e:g}" for e in epsilons])
-    if len(epsilons) == 1:
-        ax.set_xlim(epsilons[0] * 0.5 if epsilons[0] else -1, epsilons[0] * 1.5 if epsilons[0] else 1)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
     return to_data_uri(figure)
