@@ -116,7 +116,8 @@ def load_model(spec: str, data: Dataset) -> nn.Module:
     if ":" not in spec:
         role = entry.extra.get("role", "classifier")
         if role != "classifier":
-            hint = "use it through --defense pixeldefend" if role == "density" else f"attack {spec}-probe, a linear probe on it"
+            hint = ("it powers a purification defense (pixeldefend for images; wavenet-purify and parallel-purify "
+                    "for sequences)" if role == "density" else f"attack {spec}-probe, a linear probe on it")
             raise RobenchError(f"model {spec!r} is {'an' if role[0] in 'aeiou' else 'a'} {role}, not a classifier; {hint}")
     _require_inputs(entry, f"model {spec!r}", input_kind(data.input_shape), data)
     try:

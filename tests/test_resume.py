@@ -83,7 +83,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_numbers(tmp_path, suite):
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_units_and_says_how_to_resume(tmp_path, suite):
     run = tmp_path / "interrupted"
-    process = _start(_args(suite, "--out", str(run)))
+    # 160 units: the run cannot finish between the first stored unit and the signal, however fast
+    # the machine (with 16 it sometimes did, and exited 0)
+    process = _start(_args(suite, "--out", str(run), "--n-examples", "200", "--shard-size", "5"))
     _wait_for_units(run, 1, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)

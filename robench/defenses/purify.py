@@ -52,7 +52,9 @@ class PixelDefend(Preprocessed):
 
     def transform(self, x: Tensor) -> Tensor:
         self.pixelcnn.eval()
-        return purify(self.pixelcnn, x, eps_defend=self.eps_defend)
+        # tied to x with a zero gradient: a plain (non-BPDA) attack sees the masking it would see
+        # in a naive evaluation instead of an autograd error
+        return purify(self.pixelcnn, x, eps_defend=self.eps_defend) + 0.0 * x
 
     def extra_repr(self) -> str:
         return f"eps_defend={self.eps_defend}, levels={self.pixelcnn.levels}"

@@ -55,3 +55,21 @@ def test_defense_is_registered_non_differentiable_with_identity_bpda(tiny_digits
     assert target(x).shape == (2, 10)
     with pytest.raises(RobenchError, match="eps_defend"):
         pixeldefend(classifier, data=tiny_digits, eps_defend=2.0, steps=3)
+
+
+def test_plain_gradients_through_pixeldefend_are_zero_not_an_error():
+    """A naive evaluation (PGD without BPDA) must see the masking: zero gradient, not a crash."""
+    import torch
+    from torch import nn
+
+    from robench.defenses.purify import PixelDefend
+    from robench.target import loss_and_gradient
+    from robench.zoo.pixelcnn import PixelCNN
+
+    torch.manual_seed(0)
+    density = PixelCNN(in_channels=1, levels=4, channels=4, layers=2).eval()
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    defended = PixelDefend(classifier, density, eps_defend=0.25).eval()
+    x = torch.rand(2, 1, 4, 4)
+    _, grad, _ = loss_and_gradient(defended, x, torch.zeros(2, dtype=torch.long), max_batch=8)
+    assert torch.count_nonzero(grad) == 0
