@@ -42,9 +42,16 @@ def suite(tmp_path):
     return Path(write_suite(tmp_path, TINY_SUITE))
 
 
+def _default_sigint() -> None:
+    """A shell's background job ignores SIGINT, and a Python started that way keeps ignoring it:
+    give the child the default handling, so that Ctrl-C reaches it wherever the tests run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "robench.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for_units(run: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
