@@ -19,8 +19,9 @@ def probe_budget() -> int:
     """Queries per probe example of the diagnostics, from their own constants (a generous sum)."""
     from robench.diagnostics import checklist, probes
 
-    hsj = sum(min(int(checklist.HSJ["initial_gradient_eval_steps"] * (k + 1) ** 0.5), checklist.HSJ["max_gradient_eval_steps"]) + 30
-              for k in range(checklist.HSJ["steps"])) + 1050
+    from robench.attacks.decision import HopSkipJump
+
+    hsj = HopSkipJump(**checklist.HSJ).budget(None)  # type: ignore[arg-type]  (its budget ignores the threat)
     pgd = probes.PGD_STEPS + 1
     return (probes.UNBOUNDED_PGD_STEPS + probes.UNBOUNDED_SPSA["steps"] * (probes.UNBOUNDED_SPSA["samples"] + 1)
             + pgd * (1 + probes.CONVERGENCE_FACTOR) + pgd  # base, longer, transfer

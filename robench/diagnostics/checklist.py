@@ -169,8 +169,7 @@ def finite_difference_gradient(probe: Probe, x: Tensor, y: Tensor, seeds: Tensor
 ))
 def _gradient_mismatch(probe: Probe) -> Finding:
     """Athalye et al. 2018, Sec. 4.1 (BPDA must approximate the true gradient); Carlini et al. 2019, Sec. 5.2."""
-    start = probe.threat.random_start(probe.x, seeds=probe.seeds("gradient-start"), counter=0, radius_counter=1)
-    inputs, labels = torch.cat([probe.x, start]), torch.cat([probe.y, probe.y])
+    inputs, labels = probe.with_random_starts()
     try:
         _, grad, _ = loss_and_gradient(probe.attack_target, inputs, labels, max_batch=probe.max_batch)
     except NoGradient as exc:
@@ -247,12 +246,9 @@ def _step_size_sensitivity(probe: Probe) -> Finding:
 def _targeted_beats_untargeted(probe: Probe) -> Finding:
     """Carlini et al. 2019, Sec. 5.2: untargeted attacks should be at least as strong as targeted ones."""
     _, base = probe.base()
-    with torch.no_grad():
-        n_classes = logits_in_chunks(probe.target, probe.x[:1], 1).shape[1]
-    classes = max(1, min(TARGET_CLASSES, n_classes - 1))
-    targeted = attacks.get("apgd-t")(steps=probe.pgd_steps, n_target_classes=classes, max_batch=probe.max_batch)
+    targeted = attacks.get("apgd-t")(steps=probe.pgd_steps, n_target_classes=TARGET_CLASSES, max_batch=probe.max_batch)
     _, broken = probe.attack("apgd-t", targeted, probe.attack_target, probe.threat)
     fired, rule = _beats(probe, broken, base)
-    detail = f"APGD-T ({probe.pgd_steps} steps, {classes} target classes) on {len(probe.x)} probe examples left robust " \
+    detail = f"APGD-T ({probe.pgd_steps} steps, the top {TARGET_CLASSES} other classes as targets) on {len(probe.x)} probe examples left robust " \
              f"accuracy {_robust(broken):.3f}, the untargeted base PGD {_robust(base):.3f}; {rule}"
     return probe.finding(fired, detail)

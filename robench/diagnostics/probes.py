@@ -124,6 +124,12 @@ class Probe:
             self._base = self.attack("pgd", self.pgd(steps=self.pgd_steps), self.attack_target, self.threat)
         return self._base
 
+    def with_random_starts(self) -> tuple[Tensor, Tensor]:
+        """The probe examples and, after them, one PGD random start around each (from the probe's own
+        seeds), with their labels: where the gradient checks look."""
+        start = self.threat.random_start(self.x, seeds=self.seeds("gradient-start"), counter=0, radius_counter=1)
+        return torch.cat([self.x, start]), torch.cat([self.y, self.y])
+
     def finding(self, fired: bool, detail: str) -> Finding:
         return Finding(self.defense, float(self.threat.epsilon), fired, detail)
 
@@ -271,10 +277,7 @@ def _attack_not_converged(probe: Probe) -> Finding:
 ))
 def _vanishing_gradients(probe: Probe) -> Finding:
     """Athalye et al. 2018 (shattered gradients); Carlini & Wagner 2016 (distillation's saturated softmax)."""
-    # PGD's random start, drawn from the probe's own seeds
-    start = probe.threat.random_start(probe.x, seeds=probe.seeds("gradient-start"), counter=0, radius_counter=1)
-    inputs = torch.cat([probe.x, start])
-    labels = torch.cat([probe.y, probe.y])
+    inputs, labels = probe.with_random_starts()
     norms, reason = input_gradient_norms(probe.target, inputs, labels, max_batch=probe.max_batch)
     bad = ~torch.isfinite(norms)
     vanished = ~bad & (norms < VANISHING_NORM)

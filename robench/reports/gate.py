@@ -288,9 +288,8 @@ def diff_table(result: GateResult) -> str:
     rows = []
     matched = [c for c in result.comparisons if c.status not in ("missing", "new")]
     first = f"{len(matched)} of {len(result.comparisons)} row(s) matched between the baseline and the run"
-    if result.comparisons and not any(c.status == "missing" for c in result.comparisons):
-        if not matched:
-            first += ": the baseline holds none of these rows yet (add them with --update-baseline)"
+    if result.comparisons and not matched and not any(c.status == "missing" for c in result.comparisons):
+        first += ": the baseline holds none of these rows yet (add them with --update-baseline)"
     elif result.comparisons and not matched:
         def cells(status: str) -> str:
             found = sorted({f"{c.model}/{c.dataset}/{c.norm}/eps {c.epsilon:g}" for c in result.comparisons if c.status == status})
