@@ -12,8 +12,11 @@ py="${PYTHON:-python3}"
 "$py" -m pip wheel -q --no-deps --no-build-isolation "$repo" -w "$work/dist" 2>/dev/null \
   || "$py" -m pip wheel -q --no-deps "$repo" -w "$work/dist"
 wheel="$(ls "$work"/dist/robench-*.whl)"
+# The listing goes to a file first: `unzip -l | grep -q` under pipefail fails whenever grep exits
+# before unzip has written everything (SIGPIPE), which depends on timing.
+unzip -l "$wheel" > "$work/listing.txt"
 for card in defenses/none.toml attacks/quick.toml; do  # the cards travel in the wheel
-  unzip -l "$wheel" | grep -q "data/data/share/robench/$card" || { echo "wheel lacks $card" >&2; exit 1; }
+  grep -q "data/data/share/robench/$card" "$work/listing.txt" || { echo "wheel lacks $card" >&2; exit 1; }
 done
 "$py" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q "torch==2.13.0"
