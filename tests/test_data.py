@@ -103,3 +103,19 @@ def test_trained_defenses_refuse_a_data_set_without_a_training_split(tmp_path):
     data = dataset_from_splits("given", np.zeros((4, 1, 8, 8), np.float32), np.arange(4) % 2)
     with pytest.raises(RobenchError, match="training split"):
         adversarial_training(data=data)
+
+
+def test_digits_arrays_are_cached_and_a_cached_copy_is_the_same_data(tmp_path, monkeypatch):
+    """The prepared split is kept under $ROBENCH_CACHE/data, so later runs and Ray workers skip
+    scikit-learn; a cached copy gives bit-identical tensors (the same fingerprint, the same model
+    cache keys), and an unreadable copy is made anew."""
+    monkeypatch.setenv("ROBENCH_CACHE", str(tmp_path))
+    fresh = load_dataset("digits")
+    (path,) = (tmp_path / "data").glob("digits-*.npz")
+    cached = load_dataset("digits")
+    assert cached.fingerprint == fresh.fingerprint
+    assert torch.equal(cached.x_test, fresh.x_test) and torch.equal(cached.y_train, fresh.y_train)
+    assert load_dataset("digits", seed=1).fingerprint != fresh.fingerprint  # the seed is part of the key
+    path.write_bytes(b"not an npz")
+    assert load_dataset("digits").fingerprint == fresh.fingerprint
+    assert path.stat().st_size > 1000  # written again

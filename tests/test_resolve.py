@@ -51,10 +51,26 @@ def test_an_image_defense_named_for_sequences_is_refused_before_running(tmp_path
                          diagnostics=False)
 
 
+def test_square_in_a_suite_runs_on_sequences(tmp_path):
+    model, x, y = _sequences()  # square has a 1-D form (intervals for windows) since it supports sequences
+    suite = write_suite(tmp_path, 'name = "sq"\n[[attack]]\nattack = "square"\n[attack.params]\nqueries = 5\n')
+    evaluation = robench.evaluate(model, x, y, defenses=("none",), suite=suite, epsilons=(0.1,), diagnostics=False)
+    square = evaluation.results[evaluation.results.attack == "square"]
+    assert len(square) == 1 and (square["n_examples"] == len(x)).all()
+
+
 def test_an_image_attack_in_the_suite_is_refused_for_sequences(tmp_path):
     model, x, y = _sequences()
-    suite = write_suite(tmp_path, 'name = "sq"\n[[attack]]\nattack = "square"\n[attack.params]\nqueries = 5\n')
-    with pytest.raises(RobenchError, match="attack 'square' supports images"):
+    (tmp_path / "image_only.py").write_text(
+        "from robench.attacks.base import Attack\n"
+        "class ImageOnly(Attack):\n"
+        "    name = 'image-only'\n"
+        "    inputs = ('image',)\n"
+        "    def run(self, target, x, y, threat, *, seeds):\n"
+        "        raise AssertionError('must be refused before it runs')\n")
+    suite = write_suite(tmp_path, f'name = "img"\n[[attack]]\nattack = "{tmp_path / "image_only.py"}:ImageOnly"\n'
+                                  'label = "image-only"\n')
+    with pytest.raises(RobenchError, match=r"attack 'image-only' supports images \(N x C x H x W\), but .* holds sequences"):
         robench.evaluate(model, x, y, suite=suite, diagnostics=False)
 
 

@@ -11,7 +11,9 @@ An example leaves the batch as soon as it is misclassified (early stop), so robu
 the whole budget and broken ones stop spending queries.
 
 Defaults (δ = 0.01, learning rate 0.01, Adam β = (0.9, 0.999)) are the paper's and the reference
-implementation's; ``samples`` counts forward queries per example per step (both halves of each
+implementation's, set for 256-level images at epsilon 0.03-0.3. ``rel_delta`` and
+``rel_learning_rate`` state both relative to the threat model instead (times epsilon under L-inf,
+epsilon / sqrt(D) under L2), so one suite card fits data sets whose epsilons differ tenfold; ``samples`` counts forward queries per example per step (both halves of each
 antithetic pair), so ``samples=128`` is 64 pairs.
 """
 from __future__ import annotations
@@ -44,8 +46,10 @@ class SPSA(Attack):
         *,
         steps: int = 100,
         samples: int = 128,
-        delta: float = 0.01,
-        learning_rate: float = 0.01,
+        delta: float | None = None,
+        learning_rate: float | None = None,
+        rel_delta: float | None = None,
+        rel_learning_rate: float | None = None,
         early_stop: bool = True,
         beta1: float = 0.9,
         beta2: float = 0.999,
@@ -58,16 +62,22 @@ class SPSA(Attack):
             raise RobenchError(f"spsa: steps must be >= 1, got {steps}")
         if samples < 2 or samples % 2:
             raise RobenchError(f"spsa: samples must be an even number >= 2 (both halves of each pair), got {samples}")
-        if not delta > 0 or not learning_rate > 0:
-            raise RobenchError("spsa: delta and learning_rate must be > 0")
+        for absolute, relative, what in ((delta, rel_delta, "delta"), (learning_rate, rel_learning_rate, "learning_rate")):
+            if absolute is not None and relative is not None:
+                raise RobenchError(f"spsa: give {what} or rel_{what}, not both")
+            value = absolute if relative is None else relative
+            if value is not None and not value > 0:
+                raise RobenchError(f"spsa: {what if relative is None else 'rel_' + what} must be > 0, got {value!r}")
         if loss_draws < 1:
             raise RobenchError(f"spsa: loss_draws must be >= 1, got {loss_draws}")
         if max_batch is not None and max_batch < 1:
             raise RobenchError(f"spsa: max_batch must be >= 1, got {max_batch}")
         self.steps = int(steps)
         self.samples = int(samples)
-        self.delta = float(delta)
-        self.learning_rate = float(learning_rate)
+        self.delta = None if rel_delta is not None else float(0.01 if delta is None else delta)
+        self.learning_rate = None if rel_learning_rate is not None else float(0.01 if learning_rate is None else learning_rate)
+        self.rel_delta = None if rel_delta is None else float(rel_delta)
+        self.rel_learning_rate = None if rel_learning_rate is None else float(rel_learning_rate)
         self.early_stop = bool(early_stop)
         self.beta1 = float(beta1)
         self.beta2 = float(beta2)
@@ -83,8 +93,18 @@ class SPSA(Attack):
     def budget(self, threat: ThreatModel) -> int:
         return self.steps * self.queries_per_step() + self.loss_draws  # and the last iterate's check
 
+    def steps_for(self, threat: ThreatModel, dim: int) -> tuple[float, float]:
+        """(delta, learning rate) for this threat model: the absolute values, or the relative ones
+        times the ball's per-coordinate scale (epsilon under L-inf, epsilon / sqrt(D) under L2, the
+        size of one coordinate's share of an evenly spread L2 perturbation)."""
+        scale = threat.epsilon if threat.norm == "linf" else threat.epsilon / math.sqrt(dim)
+        delta = self.delta if self.rel_delta is None else self.rel_delta * scale
+        learning_rate = self.learning_rate if self.rel_learning_rate is None else self.rel_learning_rate * scale
+        return float(delta), float(learning_rate)
+
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         n, shape = len(x), tuple(x.shape[1:])
+        delta, learning_rate = self.steps_for(threat, x[0].numel())
         max_batch = self.max_batch or chunk_rows(x)
         draws = self.loss_draws if is_randomized(target) else 1
         x0 = x.detach().flatten(1)
@@ -110,14 +130,15 @@ class SPSA(Attack):
                 active = active[margins >= 0]  # the one host sync per step
                 if len(active) == 0:
                     break
-            grad = self._estimate_gradient(target, x_adv[active], y[active], seeds[active], step, shape, threat, draws, max_batch)
+            grad = self._estimate_gradient(target, x_adv[active], y[active], seeds[active], step, shape, threat, draws, max_batch,
+                                           delta)
             queries[active] += self.samples * draws
             m = adam_m[active].mul_(self.beta1).add_(grad, alpha=1 - self.beta1)
             v = adam_v[active].mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
             adam_m[active], adam_v[active] = m, v
             m_hat = m / (1 - self.beta1 ** (step + 1))
             v_hat = v / (1 - self.beta2 ** (step + 1))
-            proposal = x_adv[active] - self.learning_rate * m_hat / (v_hat.sqrt() + self.adam_epsilon)
+            proposal = x_adv[active] - learning_rate * m_hat / (v_hat.sqrt() + self.adam_epsilon)
             x_adv[active] = threat.project(proposal, x0[active])
         else:
             if len(active):
@@ -146,6 +167,7 @@ class SPSA(Attack):
         threat: ThreatModel,
         draws: int,
         max_batch: int,
+        delta: float,
     ) -> Tensor:
         """SPSA gradient estimate for each active example, in memory bounded by ``max_batch``."""
         n_active, dim = x_active.shape
@@ -159,10 +181,10 @@ class SPSA(Attack):
             for p0 in range(0, pairs, pair_block):
                 pb = min(pair_block, pairs - p0)
                 v = rng.rademacher(se, step, (pb, dim), dtype=xe.dtype, offset=p0 * dim)
-                shifted = self.delta * v
+                shifted = delta * v
                 rows = torch.cat([xe.unsqueeze(1) + shifted, xe.unsqueeze(1) - shifted], dim=1)
                 rows = threat.clip_to_bounds(rows).view(-1, *shape)
                 losses = self._loss(target, rows, ye.repeat_interleave(2 * pb), draws, max_batch).view(b, 2, pb)
-                coefficient = (losses[:, 0] - losses[:, 1]) / (2 * self.delta)
+                coefficient = (losses[:, 0] - losses[:, 1]) / (2 * delta)
                 grad[e0 : e0 + b] += torch.einsum("bp,bpd->bd", coefficient, v)
         return grad / pairs

@@ -16,6 +16,18 @@ drawn per example from the counter-based streams of ``robench.rng`` (so an examp
 not depend on its batch), and an example leaves the batch as soon as it is misclassified. One
 forward row per active example per iteration, so ``queries`` bounds each example's count exactly.
 
+Sequences (N x C x L) get a 1-D form, robench's own extension (the paper and its reference code
+are for images only). A sequence is attacked as an image of height 1 whose windows are intervals:
+the window covering a fraction p of an image (side sqrt(p * H * W)) becomes an interval of
+round(p * L) steps (at most L - 1; L2: at least 3 and odd, as the image side). L-inf: the interval
+gets a new vertex, +-eps per channel, flipped if that leaves it unchanged; the start is one sign per
+channel and time step (the stripes of an image have height 1). L2: the pattern is the 1-D meta
+pseudo-Gaussian (two halves of opposite sign, each a bump with weights 1/(k+1)^2 around its centre,
+unit norm; the image pattern's random transpose becomes a random mirror) and mass moves between two
+intervals on the eps-sphere as for images; the start is a row of such bumps of width
+max(L // 5, 1), centred, with random signs, scaled to norm eps. Same random streams, same query
+accounting; images take exactly the path they took before the extension.
+
 Departures from the reference code: where it re-draws an L-inf window until it differs from the
 current one (a loop per example), robench flips all the window's channel signs instead (same
 effect: the window changes); the L2 pattern's random transpose is per example rather than per
@@ -36,7 +48,7 @@ from robench.attacks.base import Attack, AttackResult
 from robench.batching import chunk_rows
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import IMAGE, logits_in_chunks, margin
+from robench.target import IMAGE, SEQUENCE, logits_in_chunks, margin
 from robench.threat import ThreatModel
 
 #: counter of the per-example random stream for the start; iteration i uses counter i + 1
@@ -76,30 +88,62 @@ def meta_pseudo_gaussian(side: int) -> Tensor:
     return delta / delta.norm()
 
 
-def _window_mask(corner_h: Tensor, corner_w: Tensor, side: int, h: int, w: int) -> Tensor:
-    """(n, 1, h, w) booleans: True inside each example's side x side window."""
+@functools.lru_cache(maxsize=64)
+def meta_pseudo_gaussian_1d(length: int) -> Tensor:
+    """The 1-D L2 pattern (robench's extension), shape (length,): the first length // 2 steps a
+    pseudo-Gaussian bump (weights 1/(k+1)^2 around its centre), the rest the negative of one, unit
+    L2 norm, float64."""
+    delta = torch.zeros(length, dtype=torch.float64)
+    delta[: length // 2] = _pseudo_gaussian_rectangle(1, length // 2)[0]
+    delta[length // 2 :] = -_pseudo_gaussian_rectangle(1, length - length // 2)[0]
+    return delta / delta.norm()
+
+
+def _window_shape(p: float, h: int, w: int, *, l2: bool) -> tuple[int, int]:
+    """(rows, cols) of the window that changes a fraction ``p`` of an h x w input: a square of side
+    sqrt(p * h * w) on an image, an interval of p * w steps on a sequence (h == 1, see run)."""
+    if h == 1:
+        rows, size, limit = 1, int(round(p * w)), w - 1
+    else:
+        rows, size, limit = 0, int(round(math.sqrt(p * h * w))), min(h, w) - 1
+    if l2:
+        size = max(size, 3)
+        size += 1 - size % 2  # odd, as in the reference code
+    size = min(max(size, 1), limit)
+    return rows or size, size
+
+
+def _l2_pattern(rows: int, cols: int) -> Tensor:
+    """The L2 pattern for a rows x cols window: the paper's square one, or the 1-D one as 1 x cols
+    (a 1 x 1 window, on an image under 5 pixels high, gets [-1.0] either way)."""
+    return meta_pseudo_gaussian(cols) if rows > 1 else meta_pseudo_gaussian_1d(cols).view(1, cols)
+
+
+def _window_mask(corner_h: Tensor, corner_w: Tensor, shape: tuple[int, int], h: int, w: int) -> Tensor:
+    """(n, 1, h, w) booleans: True inside each example's window of ``shape`` (rows, cols)."""
+    side_h, side_w = shape
     rows = torch.arange(h, device=corner_h.device)
     cols = torch.arange(w, device=corner_h.device)
-    in_rows = (rows >= corner_h[:, None]) & (rows < corner_h[:, None] + side)
-    in_cols = (cols >= corner_w[:, None]) & (cols < corner_w[:, None] + side)
+    in_rows = (rows >= corner_h[:, None]) & (rows < corner_h[:, None] + side_h)
+    in_cols = (cols >= corner_w[:, None]) & (cols < corner_w[:, None] + side_w)
     return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
 
 
-def _read_window(x: Tensor, corner_h: Tensor, corner_w: Tensor, side: int) -> Tensor:
-    """(n, c, side, side): each example's window of x (n, c, h, w)."""
+def _read_window(x: Tensor, corner_h: Tensor, corner_w: Tensor, shape: tuple[int, int]) -> Tensor:
+    """(n, c, rows, cols): each example's window of ``shape`` (rows, cols) of x (n, c, h, w)."""
     n, c, h, w = x.shape
-    offsets = torch.arange(side, device=x.device)
-    rows = (corner_h[:, None] + offsets).view(n, 1, side, 1).expand(n, c, side, w)
-    cols = (corner_w[:, None] + offsets).view(n, 1, 1, side).expand(n, c, side, side)
+    side_h, side_w = shape
+    rows = (corner_h[:, None] + torch.arange(side_h, device=x.device)).view(n, 1, side_h, 1).expand(n, c, side_h, w)
+    cols = (corner_w[:, None] + torch.arange(side_w, device=x.device)).view(n, 1, 1, side_w).expand(n, c, side_h, side_w)
     return x.gather(2, rows).gather(3, cols)
 
 
 def _place_window(values: Tensor, corner_h: Tensor, corner_w: Tensor, h: int, w: int) -> Tensor:
-    """(n, c, h, w) with ``values`` (n, c, s, s) at each example's window (garbage outside it)."""
-    n, c, side, _ = values.shape
-    rel_h = (torch.arange(h, device=values.device) - corner_h[:, None]).clamp(0, side - 1)
-    rel_w = (torch.arange(w, device=values.device) - corner_w[:, None]).clamp(0, side - 1)
-    rows = rel_h.view(n, 1, h, 1).expand(n, c, h, side)
+    """(n, c, h, w) with ``values`` (n, c, rows, cols) at each example's window (garbage outside it)."""
+    n, c, side_h, side_w = values.shape
+    rel_h = (torch.arange(h, device=values.device) - corner_h[:, None]).clamp(0, side_h - 1)
+    rel_w = (torch.arange(w, device=values.device) - corner_w[:, None]).clamp(0, side_w - 1)
+    rows = rel_h.view(n, 1, h, 1).expand(n, c, h, side_w)
     cols = rel_w.view(n, 1, 1, w).expand(n, c, h, w)
     return values.gather(2, rows).gather(3, cols)
 
@@ -142,7 +186,7 @@ def _l2_normalize(delta: Tensor) -> Tensor:
 class Square(Attack):
     name = "square"
     gradient_free = True
-    inputs = (IMAGE,)  # square windows need a height and a width
+    inputs = (IMAGE, SEQUENCE)  # sequences: robench's 1-D form (windows are intervals)
 
     def __init__(
         self,
@@ -167,17 +211,21 @@ class Square(Attack):
         return self.queries
 
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
-        if x.dim() != 4 or min(x.shape[2:]) < 2:
+        if x.dim() not in (3, 4) or min(x.shape[2:]) < 2:
             raise RobenchError(
-                f"square: needs images of shape (N, C, H, W) with H, W >= 2, got {tuple(x.shape)}; use spsa for other inputs"
+                f"square: needs images (N, C, H, W) with H, W >= 2 or sequences (N, C, L) with L >= 2, "
+                f"got {tuple(x.shape)}; use spsa for other inputs"
             )
-        n, c, h, w = x.shape
+        input_shape = tuple(x.shape[1:])
         p_init = self.p_init if self.p_init is not None else (0.05 if threat.norm == "linf" else 0.1)
         max_batch = self.max_batch or chunk_rows(x)
-        x0 = x.detach()
+        # a sequence is attacked as an image of height 1 (h == 1 marks it: images have h >= 2)
+        x0 = x.detach() if x.dim() == 4 else x.detach().unsqueeze(2)
+        n, c, h, w = x0.shape
         eps = threat.epsilon
 
         def loss(rows: Tensor, labels: Tensor) -> Tensor:
+            rows = rows.reshape(len(rows), *input_shape)  # the target sees its own kind of input
             return margin(logits_in_chunks(target, rows, max_batch).to(rows.dtype), labels)
 
         best = threat.project(x0 + self._start(seeds, x0, eps, threat.norm), x0)
@@ -203,31 +251,41 @@ class Square(Attack):
             best[active] = torch.where(improved.view(-1, 1, 1, 1), candidate, best_a)
             best_margin[active] = torch.where(improved, candidate_margin, best_margin[active])
             active = active[best_margin[active] >= 0]  # the one host sync per iteration
-        return AttackResult(best, queries)
+        return AttackResult(best.reshape(x.shape), queries)
 
     @staticmethod
     def _start(seeds: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
-        """Initial perturbation: vertical stripes (L-inf) or a grid of pseudo-Gaussian bumps (L2)."""
+        """Initial perturbation: vertical stripes (L-inf) or a grid of pseudo-Gaussian bumps (L2).
+
+        On a sequence (h == 1) the stripes are one sign per channel and time step and the grid is
+        one centred row of 1-D bumps of width max(L // 5, 1)."""
         n, c, h, w = x.shape
         if norm == "linf":
             return eps * rng.rademacher(seeds, _INIT_COUNTER, (c, 1, w), dtype=x.dtype)
-        side = max(h // 5, 1)
-        tiles_h, tiles_w = h // side, w // side
-        first = (h - side * 5) // 2 if h >= 5 else 0
+        if h == 1:
+            side_h, side_w = 1, max(w // 5, 1)
+            tiles_h, tiles_w = 1, w // side_w
+            first_h, first_w = 0, (w - tiles_w * side_w) // 2
+        else:
+            side_h = side_w = max(h // 5, 1)
+            tiles_h, tiles_w = h // side_h, w // side_w
+            first_h = first_w = (h - side_h * 5) // 2 if h >= 5 else 0  # the reference code's offset
         signs = rng.rademacher(seeds, _INIT_COUNTER, (c, tiles_h, tiles_w), dtype=x.dtype)
-        bumps = signs.repeat_interleave(side, 2).repeat_interleave(side, 3)
-        bumps = bumps * meta_pseudo_gaussian(side).to(x).repeat(tiles_h, tiles_w)
-        canvas = torch.zeros(n, c, max(h, first + tiles_h * side), max(w, first + tiles_w * side), dtype=x.dtype, device=x.device)
-        canvas[:, :, first : first + tiles_h * side, first : first + tiles_w * side] = bumps
+        bumps = signs.repeat_interleave(side_h, 2).repeat_interleave(side_w, 3)
+        bumps = bumps * _l2_pattern(side_h, side_w).to(x).repeat(tiles_h, tiles_w)
+        canvas_h, canvas_w = max(h, first_h + tiles_h * side_h), max(w, first_w + tiles_w * side_w)
+        canvas = torch.zeros(n, c, canvas_h, canvas_w, dtype=x.dtype, device=x.device)
+        canvas[:, :, first_h : first_h + tiles_h * side_h, first_w : first_w + tiles_w * side_w] = bumps
         return _l2_normalize(canvas[:, :, :h, :w]) * eps
 
     @staticmethod
     def _linf_step(x: Tensor, best: Tensor, bits: Tensor, p: float, eps: float, threat: ThreatModel) -> Tensor:
-        """Alg. 2: a new vertex (+-eps per channel) on one random square of side sqrt(p * H * W)."""
+        """Alg. 2: a new vertex (+-eps per channel) on one random square of side sqrt(p * H * W)
+        (a sequence: one random interval of p * L steps)."""
         n, c, h, w = x.shape
-        side = min(max(int(round(math.sqrt(p * h * w))), 1), min(h, w) - 1)
-        corners = _ints(bits[:, :2], (h - side + 1, w - side + 1))
-        mask = _window_mask(corners[:, 0], corners[:, 1], side, h, w)
+        shape = _window_shape(p, h, w, l2=False)
+        corners = _ints(bits[:, :2], (h - shape[0] + 1, w - shape[1] + 1))
+        mask = _window_mask(corners[:, 0], corners[:, 1], shape, h, w)
         vertex = eps * _signs(bits[:, 4 : 4 + c], x.dtype).view(-1, c, 1, 1)
         candidate = threat.clip_to_bounds(torch.where(mask, x + vertex, best))
         changed = ((candidate - best).abs() >= 1e-7) & mask
@@ -239,22 +297,21 @@ class Square(Attack):
     def _l2_step(x: Tensor, best: Tensor, bits: Tensor, p: float, eps: float) -> Tensor:
         """Alg. 3: move perturbation mass from window 2 into window 1, staying on the eps-sphere."""
         n, c, h, w = x.shape
-        side = max(int(round(math.sqrt(p * h * w))), 3)
-        side += 1 - side % 2  # odd, as in the reference code
-        side = min(side, min(h, w) - 1)
-        corners = _ints(bits[:, :4], (h - side + 1, w - side + 1) * 2)
-        mask1 = _window_mask(corners[:, 0], corners[:, 1], side, h, w)
-        mask2 = _window_mask(corners[:, 2], corners[:, 3], side, h, w)
+        shape = _window_shape(p, h, w, l2=True)
+        corners = _ints(bits[:, :4], (h - shape[0] + 1, w - shape[1] + 1) * 2)
+        mask1 = _window_mask(corners[:, 0], corners[:, 1], shape, h, w)
+        mask2 = _window_mask(corners[:, 2], corners[:, 3], shape, h, w)
         delta = best - x
         norm_window1 = (delta * mask1).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
         norm_image = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         norm_windows = (delta * (mask1 | mask2)).pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
 
-        pattern = meta_pseudo_gaussian(side).to(x)
+        pattern = _l2_pattern(*shape).to(x)
         transpose = ((bits[:, 4 + c] >> 7) & 1).bool().view(-1, 1, 1, 1)
-        pattern = torch.where(transpose, pattern.t(), pattern)  # (n, 1, s, s)
+        # the random transpose of a square pattern; an interval's pattern is mirrored instead
+        pattern = torch.where(transpose, pattern.t() if shape[0] > 1 else pattern.flip(1), pattern)  # (n, 1, rows, cols)
         signs = _signs(bits[:, 4 : 4 + c], x.dtype).view(-1, c, 1, 1)
-        update = pattern * signs + _read_window(delta, corners[:, 0], corners[:, 1], side) / (1e-10 + norm_window1)
+        update = pattern * signs + _read_window(delta, corners[:, 0], corners[:, 1], shape) / (1e-10 + norm_window1)
         budget = ((eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
         update = update / update.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12) * budget
         delta = torch.where(mask2, torch.zeros_like(delta), delta)

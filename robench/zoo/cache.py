@@ -11,7 +11,9 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,28 @@ log = logging.getLogger(__name__)
 
 def cache_dir() -> Path:
     return Path(os.environ.get("ROBENCH_CACHE", Path.home() / ".cache" / "robench")).expanduser()
+
+
+class NotCached(Exception):
+    """Raised by :func:`cached_model` inside :func:`peek` where it would have to train."""
+
+
+#: inside peek(): the metadata of every model loaded, by name; None: train what is missing
+_PEEK: ContextVar[dict[str, dict[str, Any]] | None] = ContextVar("robench_zoo_peek", default=None)
+
+
+@contextmanager
+def peek() -> Iterator[dict[str, dict[str, Any]]]:
+    """Call zoo factories without training: inside this block :func:`cached_model` loads what is
+    cached and raises :class:`NotCached` where it would train. Yields the stored metadata of each
+    model loaded, by name. ``robench zoo list`` asks every registered factory this way, so the list
+    is the registry's and a model's cache key is computed by its own factory, never copied."""
+    seen: dict[str, dict[str, Any]] = {}
+    token = _PEEK.set(seen)
+    try:
+        yield seen
+    finally:
+        _PEEK.reset(token)
 
 
 def cache_key(name: str, config: dict[str, Any]) -> str:
@@ -44,14 +68,21 @@ def cached_model(
     the weights. The returned module is in eval mode with ``module.robench_meta`` set.
     """
     path = cache_dir() / f"{name}-{cache_key(name, config)}.pt"
+    peeking = _PEEK.get()
+    if peeking is not None and not path.exists():
+        raise NotCached(name)
     module = build()
     if path.exists():
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
             module.load_state_dict(stored["state_dict"])
             module.robench_meta = dict(stored.get("meta", {}))
+            if peeking is not None:
+                peeking[name] = module.robench_meta
             return module.eval()
         except Exception as exc:  # truncated file, foreign pickle, shape mismatch
+            if peeking is not None:
+                raise NotCached(name) from None  # a look never deletes: the next real use retrains it
             log.warning("cached model %s is unreadable (%s); retraining", path, exc)
             path.unlink(missing_ok=True)
             module = build()

@@ -7,8 +7,6 @@ never prints.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -22,37 +20,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ZooEntry:
-    name: str
-    role: str  # classifier, encoder or density
-    config: dict[str, Any]
+def zoo_status(data: Dataset, *, seed: int = 0) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """(name, role, stored metadata or None if not trained) for every registered zoo model that fits
+    ``data``, with the settings its factory caches under by default. Asked of the factories
+    themselves (``robench.zoo.cache.peek``), so nothing trains and no cache key is copied here."""
+    from robench.registry import models
+    from robench.target import input_kind, supports_input
+    from robench.zoo.cache import NotCached, peek
 
-    @property
-    def path(self) -> Path:
-        from robench.zoo.cache import cache_dir, cache_key
-
-        return cache_dir() / f"{self.name}-{cache_key(self.name, self.config)}.pt"
-
-
-def zoo_entries(data: Dataset, *, seed: int = 0) -> list[ZooEntry]:
-    """Every zoo model with the configuration its factory caches under (factories' defaults)."""
-    from robench.zoo import acn, cnn, encoders, pixelcnn, probes, vqvae
-
-    entries = [ZooEntry("cnn", "classifier", {"code": cnn.CODE_VERSION, "data": data.fingerprint, "seed": seed, "epochs": 30})]
-    for objective in encoders.OBJECTIVES:
-        config = encoders.encoder_config(objective, data, seed=seed)
-        entries.append(ZooEntry(f"{objective}-probe", "classifier", probes.probe_config(data, seed=seed, encoder_config=config)))
-        entries.append(ZooEntry(objective, "encoder", config))
-    vq = vqvae.vqvae_config(data, seed=seed)
-    entries.append(ZooEntry("vqvae-probe", "classifier", probes.probe_config(data, seed=seed, encoder_config=vq)))
-    entries.append(ZooEntry("vqvae", "encoder", vq))
-    entries.append(ZooEntry("pixelcnn", "density", pixelcnn.pixelcnn_config(data, seed=seed)))
-    ac = acn.acn_config(data, seed=seed)
-    entries.append(ZooEntry("acn-probe", "classifier", probes.probe_config(data, seed=seed, encoder_config=ac)))
-    entries.append(ZooEntry("acn-knn", "classifier", acn.knn_config(data, seed=seed)))
-    entries.append(ZooEntry("acn", "encoder", ac))
-    return entries
+    kind = input_kind(data.input_shape)
+    rows: list[tuple[str, str, dict[str, Any] | None]] = []
+    for entry in models.entries():
+        if not supports_input(entry.inputs, kind):
+            continue
+        with peek() as seen:
+            try:
+                entry.factory(data, seed=seed)
+            except NotCached:
+                rows.append((entry.name, entry.extra.get("role", "classifier"), None))
+                continue
+            except RobenchError as exc:  # fits the kind but not this data (e.g. mnist-cnn on 8x8 digits)
+                log.debug("zoo list: %s skipped (%s)", entry.name, exc)
+                continue
+        # its own file's metadata; a factory that caches under another name: the last file it loaded
+        meta = seen.get(entry.name) or (list(seen.values())[-1] if seen else {})
+        rows.append((entry.name, entry.extra.get("role", "classifier"), meta))
+    return rows
 
 
 _METRICS = (("clean_test_accuracy", "clean acc {:.4f}"), ("test_bits_per_dim", "{:.3f} bits/dim"),
@@ -68,39 +61,23 @@ def describe_meta(meta: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-def cached_meta(entry: ZooEntry) -> dict[str, Any] | None:
-    """The stored metadata if ``entry`` is in the cache, else None (reads weights_only, never trains)."""
-    import torch
-
-    if not entry.path.exists():
-        return None
-    try:
-        return dict(torch.load(entry.path, map_location="cpu", weights_only=True).get("meta", {}))
-    except Exception:  # unreadable: cached_model will retrain it
-        return None
-
-
 @click.group("zoo")
 def zoo() -> None:
-    """The model zoo: MI-bound encoders, VQ-VAE, PixelCNN and their linear-probe classifiers."""
+    """The model zoo: classifiers, MI-bound encoders, VQ-VAE, ACN, PixelCNN, the sequence models and their probes."""
 
 
 @zoo.command("list")
 @click.option("--dataset", default="digits", show_default=True, help="Data set the models are trained on.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Training seed.")
+@friendly_errors
 def list_models(dataset: str, seed: int) -> None:
-    """Show every zoo model, whether it is cached, and its clean test accuracy (or other headline figure)."""
+    """Show every zoo model that fits the data set, whether it is cached, and its clean test accuracy
+    (or other headline figure). Nothing is trained."""
     from robench.data import load_dataset
 
-    try:
-        data = load_dataset(dataset)
-    except RobenchError as exc:
-        raise click.ClickException(str(exc)) from None
-    rows = []
-    for entry in zoo_entries(data, seed=seed):
-        meta = cached_meta(entry)
-        rows.append((entry.name, entry.role, "cached" if meta is not None else "not trained",
-                     describe_meta(meta) if meta is not None else "-"))
+    data = load_dataset(dataset)
+    rows = [(name, role, "cached" if meta is not None else "not trained", describe_meta(meta) if meta is not None else "-")
+            for name, role, meta in zoo_status(data, seed=seed)]
     widths = [max(len(r[i]) for r in rows + [("model", "role", "status", "figures")]) for i in range(3)]
     click.echo(f"{'model':<{widths[0]}}  {'role':<{widths[1]}}  {'status':<{widths[2]}}  figures")
     for name, role, status, figures in rows:

@@ -31,7 +31,7 @@ def test_gradient_estimate_correlates_with_the_true_gradient():
     y = net(x).argmax(1)
     attack = SPSA(samples=2048, delta=1e-3)
     seeds = rng.example_seeds(0, "grad", torch.arange(8))
-    estimate = attack._estimate_gradient(net, x.flatten(1), y, seeds, 0, (1, 4, 4), ThreatModel("linf", 0.1), 1, 4096)
+    estimate = attack._estimate_gradient(net, x.flatten(1), y, seeds, 0, (1, 4, 4), ThreatModel("linf", 0.1), 1, 4096, attack.delta)
     x_req = x.clone().requires_grad_(True)
     margin(net(x_req), y).sum().backward()
     true = x_req.grad.flatten(1)
@@ -136,3 +136,36 @@ def test_repr_shows_every_hyperparameter():
     text = repr(SPSA(steps=3))
     for name in ("steps=3", "samples=128", "delta=0.01", "learning_rate=0.01", "early_stop=True"):
         assert name in text
+
+
+@pytest.mark.parametrize("params", [{"delta": 0.1, "rel_delta": 1.0}, {"learning_rate": 0.1, "rel_learning_rate": 0.1},
+                                    {"rel_delta": 0.0}, {"rel_learning_rate": -1.0}])
+def test_absolute_and_relative_steps_are_exclusive_and_positive(params):
+    with pytest.raises(RobenchError, match="delta|learning_rate"):
+        SPSA(**params)
+
+
+def test_relative_steps_follow_the_threat_model():
+    """rel_* times epsilon under L-inf, times epsilon / sqrt(D) under L2; absolute values ignore it."""
+    relative = SPSA(rel_delta=1.0, rel_learning_rate=0.1)
+    assert relative.steps_for(ThreatModel("linf", 0.01), 40) == pytest.approx((0.01, 0.001))
+    assert relative.steps_for(ThreatModel("linf", 0.3), 784) == pytest.approx((0.3, 0.03))
+    assert relative.steps_for(ThreatModel("l2", 2.0), 64) == pytest.approx((0.25, 0.025))
+    assert SPSA(delta=0.1).steps_for(ThreatModel("linf", 0.01), 40) == (0.1, 0.01)
+    assert SPSA().steps_for(ThreatModel("l2", 5.0), 10) == (0.01, 0.01)  # the paper's defaults
+
+
+def test_relative_delta_is_the_finite_difference_step_used():
+    """The rows SPSA queries lie exactly rel_delta * epsilon from the iterate (before clipping)."""
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return torch.stack([x.flatten(1).sum(1), -x.flatten(1).sum(1)], 1)
+
+    x = torch.full((1, 1, 8), 0.5)
+    SPSA(steps=1, samples=4, rel_delta=0.5, early_stop=False).run(
+        Spy(), x, torch.zeros(1, dtype=torch.long), ThreatModel("linf", 0.04), seeds=torch.zeros(1, dtype=torch.long))
+    probes = torch.cat([rows.flatten(1) for rows in seen[1:2]])  # the first call checks the start; then the pairs
+    assert torch.allclose((probes - 0.5).abs(), torch.full_like(probes, 0.02))

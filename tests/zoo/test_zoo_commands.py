@@ -1,9 +1,11 @@
 """``robench zoo``: list shows every model and its cache state; train reports errors in one line."""
 from __future__ import annotations
 
+import numpy as np
 from click.testing import CliRunner
 
-from robench.zoo.commands import describe_meta, zoo, zoo_entries
+from robench.data import dataset_from_arrays
+from robench.zoo.commands import describe_meta, zoo, zoo_status
 
 
 def test_list_shows_every_zoo_model_untrained_in_a_fresh_cache(tmp_path, monkeypatch):
@@ -17,9 +19,31 @@ def test_list_shows_every_zoo_model_untrained_in_a_fresh_cache(tmp_path, monkeyp
     assert "cached" not in result.output.replace("not trained", "")
 
 
-def test_entries_have_distinct_cache_files(digits):
-    paths = [entry.path for entry in zoo_entries(digits)]
-    assert len(set(paths)) == len(paths)
+def test_status_trains_nothing_and_shows_what_is_cached(digits, tmp_path, monkeypatch):
+    """The list comes from the registry's factories (peek): a cached model shows its stored figures,
+    the rest are "not trained", and asking creates no file."""
+    monkeypatch.setenv("ROBENCH_CACHE", str(tmp_path))
+    from robench.zoo.mlp import mlp
+
+    mlp(digits, epochs=30)  # the factory's defaults: what the list looks for
+    before = sorted(p.name for p in tmp_path.glob("*.pt"))
+    status = {name: (role, meta) for name, role, meta in zoo_status(digits)}
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == before, "listing must not train"
+    assert status["mlp"][1] is not None and 0.5 < status["mlp"][1]["clean_test_accuracy"] <= 1.0
+    assert status["cnn"] == ("classifier", None) and status["pixelcnn"] == ("density", None)
+    assert "cnn1d" not in status and "mnist-cnn" not in status  # sequences only; 28 x 28 only
+
+
+def test_status_lists_the_sequence_models_for_sequence_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBENCH_CACHE", str(tmp_path))
+    rng = np.random.default_rng(0)
+    data = dataset_from_arrays("sig", rng.random((60, 1, 40), dtype=np.float32), rng.integers(0, 3, 60), seed=0)
+    names = [name for name, _, meta in zoo_status(data) if meta is None]
+    for name in ("cnn1d", "bytenet", "wavernn", "wavernn-sparse", "cpc-seq", "cpc-seq-probe", "wavenet",
+                 "parallel-wavenet", "mlp"):
+        assert name in names
+    assert "cnn" not in names and "pixelcnn" not in names
+    assert not list(tmp_path.rglob("*.pt"))
 
 
 def test_describe_meta_picks_the_headline_figures():
