@@ -45,6 +45,10 @@ class Dataset:
     #: how the raw data became these tensors (e.g. the fixed affine map into ``bounds``), for readers
     description: str = ""
 
+    def __post_init__(self) -> None:
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            object.__setattr__(self, name, canonical_layout(getattr(self, name)))
+
     def default_epsilon(self, norm: str) -> float:
         return float(self.epsilons.get(norm, DEFAULT_EPSILONS.get(norm, 1.0)))
 
@@ -61,6 +65,30 @@ class Dataset:
         for t in (self.x_train, self.y_train, self.x_test, self.y_test):
             digest.update(t.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
+
+
+def canonical_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def canonical_layout(t: Tensor) -> Tensor:
+    """``t`` with row-major strides, including on its size-1 dimensions.
+
+    Torch calls a tensor contiguous whatever the stride of a size-1 dimension, but convolutions do
+    not ignore it: a 1-channel image batch made by ``x[:, None]`` has strides (64, 1, 8, 1), which
+    reads as channels-last, and runs another kernel than the same values loaded from a file,
+    (64, 64, 8, 1). The last float bits differ, and training amplifies them: a run on freshly
+    prepared digits and one on the cached copy gave different margins. Every data set is laid out
+    one way, so a number never depends on where its tensors came from."""
+    if tuple(t.stride()) == canonical_strides(tuple(t.shape)):
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    out.copy_(t)
+    return out
 
 
 def split(x: np.ndarray, y: np.ndarray, *, test_fraction: float | int, seed: int) -> tuple[np.ndarray, ...]:

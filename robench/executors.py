@@ -2,7 +2,9 @@
 
 The protocol is ``map(work, items, on_result)``: call ``work(item)`` for every item and hand each
 result back as it finishes, ``on_result(item, result)``; where the executor itself loses an item
-(a worker process died), ``result`` is the exception. An executor knows nothing of robench:
+(a worker process died), ``result`` is the exception. ``prepare(warm)`` may run ``warm()`` once
+in every worker ahead of the items (so workers load what the items need while the caller is
+still planning), and ``close()`` releases what the executor started. An executor knows nothing of robench:
 the runner decides what an item is, stores each result at once, and assembles them in plan order,
 so the executor changes how fast a run goes, never what it finds.
 """
@@ -24,12 +26,22 @@ Result = TypeVar("Result")
 
 
 class Executor(Protocol):
+    def prepare(self, warm: Callable[[], Any]) -> None: ...
+
     def map(self, work: Callable[[Item], Result], items: Sequence[Item],
             on_result: Callable[[Item, Result | BaseException], None]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class LocalExecutor:
     """Items one after another in this process."""
+
+    def prepare(self, warm: Callable[[], Any]) -> None:
+        """Nothing to warm: the items run here, on the caller's own context."""
+
+    def close(self) -> None:
+        pass
 
     def map(self, work: Callable[[Item], Result], items: Sequence[Item],
             on_result: Callable[[Item, Result | BaseException], None]) -> None:
@@ -57,22 +69,41 @@ class RayExecutor:
         self.ray = ray
         self.address = address
         self.gpus = gpus
+        self.started_here = False
+        self._warming: list[Any] = []
+
+    def _start(self) -> None:
+        """Start a local Ray instance or connect to ``address``, unless this process already has."""
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        try:
+            # Ray's own start-up lines (INFO, through our root handler) would land inside the progress bar
+            logging.getLogger("ray").setLevel(logging.WARNING)
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, ignore_reinit_error=True, runtime_env=_same_code_env())
+        except Exception as exc:  # ConnectionError, a bad address, ...
+            raise RobenchError(f"cannot start or reach Ray at {self.address or 'a local instance'} ({exc}); "
+                               "check --address or use --executor local") from None
+        self.started_here = True
+
+    def prepare(self, warm: Callable[[], Any]) -> None:
+        """One ``warm()`` task per CPU of the cluster, submitted now: the workers import and load
+        while the caller builds its own context and plans, instead of after. Fire and forget: a
+        warm task that fails costs nothing but its time (the items report their own errors)."""
+        self._start()
+        ray = self.ray
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        task = ray.remote(num_cpus=1, num_gpus=self.gpus, max_retries=0)(_call_in_worker)
+        warm_ref = ray.put(_Call(warm))
+        self._warming = [task.remote(warm_ref, None) for _ in range(cpus)]
 
     def map(self, work: Callable[[Item], Result], items: Sequence[Item],
             on_result: Callable[[Item, Result | BaseException], None]) -> None:
         ray = self.ray
         if not items:
             return
-        started_here = not ray.is_initialized()
-        if started_here:
-            try:
-                # Ray's own start-up lines (INFO, through our root handler) would land inside the progress bar
-                logging.getLogger("ray").setLevel(logging.WARNING)
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, ignore_reinit_error=True, runtime_env=_same_code_env())
-            except Exception as exc:  # ConnectionError, a bad address, ...
-                raise RobenchError(f"cannot start or reach Ray at {self.address or 'a local instance'} ({exc}); "
-                                   "check --address or use --executor local") from None
+        self._start()
         pending: dict[Any, Item] = {}
         try:
             # a task lost with its worker process runs once more elsewhere before it counts as failed
@@ -92,9 +123,23 @@ class RayExecutor:
             for ref in list(pending):
                 ray.cancel(ref, force=True)
             raise
-        finally:
-            if started_here:
-                ray.shutdown()
+
+    def close(self) -> None:
+        """Shut Ray down if this executor started it (a caller's own ``ray.init`` is left running)."""
+        self._warming = []
+        if self.started_here:
+            self.started_here = False
+            self.ray.shutdown()
+
+
+class _Call:
+    """``warm()`` as a one-argument work function for ``_call_in_worker`` (picklable)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, _item: Any) -> None:
+        self.fn()
 
 
 def _same_code_env() -> dict[str, Any]:

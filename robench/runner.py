@@ -20,13 +20,13 @@ from robench.assemble import Evaluation, assemble
 from robench.budget import WARN_SECONDS, budgets, estimated_seconds
 from robench.data import Dataset
 from robench.errors import RobenchError
-from robench.executors import make_executor
+from robench.executors import Executor, make_executor
 from robench.plan import Unit, plan_units
 from robench.console import one_line
 from robench.resolve import Context, build_context, fingerprints, validate_targets
-from robench.spec import EvalConfig, config_dict
+from robench.spec import EvalConfig, config_dict, resolve_device
 from robench.store import RunStore
-from robench.units import UnitResult, execute_in_worker, execute_unit
+from robench.units import UnitResult, execute_in_worker, execute_unit, warm_worker
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +63,30 @@ def evaluate_config(
         raise RobenchError("model and data objects run on the local executor only (Ray workers rebuild the run from "
                            "names); name a registered model or module:callable and a data set to use Ray")
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    runner = make_executor(executor, address=address, device=resolve_device(config.device))
     if store is not None:
         store.lock()
     try:
+        # remote workers build their contexts while this process builds its own
+        runner.prepare(functools.partial(warm_worker, config))
         with torch.random.fork_rng(devices=cuda):
             ctx = build_context(config, model=model, data=data)
             validate_targets(ctx)
-            results = _run_units(config, ctx, store, executor, address, on_unit, on_plan, resume)
+            results = _run_units(config, ctx, store, runner, executor, on_unit, on_plan, resume)
             return assemble(ctx, results, started, executor)
     finally:
+        runner.close()
         if store is not None:
             store.unlock()
 
 
 def _run_units(
-    config: EvalConfig, ctx: Context, store: RunStore | None, executor: str, address: str | None,
+    config: EvalConfig, ctx: Context, store: RunStore | None, runner: Executor, executor: str,
     on_unit: Callable[[UnitResult], None] | None, on_plan: Callable[[list[Unit], int, dict[str, int]], None] | None,
     resume: bool,
 ) -> list[UnitResult]:
     """Every unit's result in plan order: stored ones loaded, the rest run and stored as they finish.
     ``config`` is the configuration as given (what plan.json stores and a resume compares)."""
-    runner = make_executor(executor, address=address, device=ctx.device)
     units = plan_units(ctx.cards, ctx.threats, ctx.attacks, n_examples=len(ctx.x), shard_size=config.shard_size,
                        diagnostics=config.diagnostics, cascade=ctx.suite.cascade, certifiers=ctx.certifiers)
     if store is not None:

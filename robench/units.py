@@ -253,14 +253,28 @@ def execute_unit(ctx: Context, unit: Unit) -> UnitResult:
 _WORKER_CONTEXT: dict[EvalConfig, Context] = {}
 
 
+def _worker_context(config: EvalConfig) -> Context:
+    if config not in _WORKER_CONTEXT:
+        _WORKER_CONTEXT.clear()
+        _WORKER_CONTEXT[config] = build_context(config)
+    return _WORKER_CONTEXT[config]
+
+
+def warm_worker(config: EvalConfig) -> None:
+    """Build a worker's context before its first unit arrives, while the caller builds its own
+    (imports, data, models: seconds a worker would otherwise spend after the plan is made). A
+    failure here is left for the units, which record it."""
+    try:
+        _worker_context(config)
+    except Exception:  # noqa: BLE001 - reported by the first unit that needs the context
+        log.debug("warming a worker failed", exc_info=True)
+
+
 def execute_in_worker(config: EvalConfig, unit: Unit) -> UnitResult:
     """``execute_unit`` in a worker process (Ray) that has only the configuration: the context is
     built once per worker and kept for its next units. Never called in the caller's process."""
     try:
-        if config not in _WORKER_CONTEXT:
-            _WORKER_CONTEXT.clear()
-            _WORKER_CONTEXT[config] = build_context(config)
-        ctx = _WORKER_CONTEXT[config]
+        ctx = _worker_context(config)
     except Exception as exc:
         return UnitResult(unit, error=one_line(exc))
     return execute_unit(ctx, unit)

@@ -119,3 +119,19 @@ def test_digits_arrays_are_cached_and_a_cached_copy_is_the_same_data(tmp_path, m
     path.write_bytes(b"not an npz")
     assert load_dataset("digits").fingerprint == fresh.fingerprint
     assert path.stat().st_size > 1000  # written again
+
+
+def test_every_data_set_has_one_memory_layout():
+    """x[:, None] gives a 1-channel batch strides that read as channels-last; a convolution then runs
+    another kernel and the last float bits differ from the same values loaded from a file. A
+    Dataset always holds row-major strides, so a number never depends on where the data came from."""
+    from robench.data import Dataset, canonical_strides
+
+    images = torch.from_numpy(np.random.default_rng(0).random((12, 8, 8), dtype=np.float32)[:, None])  # (64, 1, 8, 1)
+    assert images.is_contiguous() and images.stride() != canonical_strides(tuple(images.shape))
+    labels = torch.arange(12) % 3
+    data = Dataset("t", images[:8], labels[:8], images[8:], labels[8:], 3)
+    for t in (data.x_train, data.x_test, data.y_train):
+        assert t.stride() == canonical_strides(tuple(t.shape))
+    assert torch.equal(data.x_test, images[8:])
+    assert load_digits().x_test.stride() == canonical_strides(tuple(load_digits().x_test.shape))
