@@ -21,6 +21,8 @@ from robench.errors import RobenchError
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
+#: seconds ``RayExecutor.close`` waits for warm tasks still running
+WARM_WAIT_S = 30.0
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -52,6 +54,11 @@ class LocalExecutor:
 def _call_in_worker(work: Callable[[Any], Any], item: Any) -> Any:
     torch.set_num_threads(1)  # one task per core: Ray schedules the parallelism
     return work(item)
+
+
+def _warm_in_worker(warm: Callable[[], Any]) -> None:
+    torch.set_num_threads(1)
+    warm()
 
 
 class RayExecutor:
@@ -94,9 +101,9 @@ class RayExecutor:
         self._start()
         ray = self.ray
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        task = ray.remote(num_cpus=1, num_gpus=self.gpus, max_retries=0)(_call_in_worker)
-        warm_ref = ray.put(_Call(warm))
-        self._warming = [task.remote(warm_ref, None) for _ in range(cpus)]
+        task = ray.remote(num_cpus=1, num_gpus=self.gpus, max_retries=0)(_warm_in_worker)
+        warm_ref = ray.put(warm)
+        self._warming = [task.remote(warm_ref) for _ in range(cpus)]
 
     def map(self, work: Callable[[Item], Result], items: Sequence[Item],
             on_result: Callable[[Item, Result | BaseException], None]) -> None:
@@ -125,21 +132,21 @@ class RayExecutor:
             raise
 
     def close(self) -> None:
-        """Shut Ray down if this executor started it (a caller's own ``ray.init`` is left running)."""
-        self._warming = []
+        """Shut Ray down if this executor started it (a caller's own ``ray.init`` is left running).
+
+        Warm tasks still running (a run shorter than a worker's start) are awaited briefly and
+        collected, so that shutting down does not kill them and Ray print their deaths."""
+        warming, self._warming = self._warming, []
+        if warming:
+            ready, _ = self.ray.wait(warming, num_returns=len(warming), timeout=WARM_WAIT_S)
+            for ref in ready:
+                try:
+                    self.ray.get(ref)
+                except Exception:  # noqa: BLE001 - a warm task's failure is the units' to report
+                    pass
         if self.started_here:
             self.started_here = False
             self.ray.shutdown()
-
-
-class _Call:
-    """``warm()`` as a one-argument work function for ``_call_in_worker`` (picklable)."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-
-    def __call__(self, _item: Any) -> None:
-        self.fn()
 
 
 def _same_code_env() -> dict[str, Any]:

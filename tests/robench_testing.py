@@ -1,8 +1,12 @@
 """Helpers shared by test modules (a plain module: conftest files of subfolders would shadow it)."""
+import math
+
+import numpy as np
 import torch
 from torch import nn
 
 from robench import rng
+from robench.data import dataset_from_arrays
 
 
 def write_suite(directory, text: str, name: str = "suite.toml") -> str:
@@ -87,3 +91,13 @@ def assert_batch_independent(attack, chunked_attack, model, x, y, threat, seeds,
     again = attack.run(model, x, y, threat, seeds=seeds)
     assert torch.equal(again.x_adv, batched.x_adv) and torch.equal(again.queries, batched.queries)
     return batched
+
+
+def smooth_signals(n: int = 240, length: int = 24, seed: int = 0):
+    """Noisy sinusoids in [0, 1], the class picks the frequency: a tiny stand-in for MNIST-1D."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    t = np.arange(length)
+    x = 0.5 + 0.3 * np.sin(2 * math.pi * (y[:, None] + 1) * t / length + rng.uniform(0, 2 * math.pi, (n, 1)))
+    x = np.clip(x + 0.02 * rng.standard_normal((n, length)), 0, 1).astype(np.float32)[:, None, :]
+    return dataset_from_arrays("smooth", x, y)

@@ -2,7 +2,6 @@
 clean signals nearly as they are, and declare the flags they have; images are refused."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from robench.cards import load_defense_card
+from robench_testing import smooth_signals
 from robench.data import Dataset, dataset_from_arrays, load_digits
 from robench.errors import RobenchError
 from robench.registry import defenses
@@ -22,16 +22,6 @@ from robench.defenses.sequence_purify import (
 )
 
 LEVELS = 16
-
-
-def smooth_signals(n: int = 240, length: int = 24, seed: int = 0) -> Dataset:
-    """Noisy sinusoids in [0, 1], the class picks the frequency (a tiny stand-in for MNIST-1D)."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    t = np.arange(length)
-    x = 0.5 + 0.3 * np.sin(2 * math.pi * (y[:, None] + 1) * t / length + rng.uniform(0, 2 * math.pi, (n, 1)))
-    x = np.clip(x + 0.02 * rng.standard_normal((n, length)), 0, 1).astype(np.float32)[:, None, :]
-    return dataset_from_arrays("smooth", x, y)
 
 
 class PrefersLevel(nn.Module):

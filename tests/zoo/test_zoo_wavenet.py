@@ -9,23 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from robench.data import Dataset, dataset_from_arrays
+from robench_testing import smooth_signals
+from robench.data import Dataset
 from robench.errors import RobenchError
 from robench.zoo.encoders import fit
 from robench.zoo.wavenet import (
     CausalWaveNet, IAFStudent, WaveNet, discretize, distillation_loss, level_values, relaxed_log_density,
     teacher_bits_per_dim_of_samples, wavenet,
 )
-
-
-def smooth_signals(n: int = 240, length: int = 24, seed: int = 0) -> Dataset:
-    """Noisy sinusoids in [0, 1], the class picks the frequency: a tiny stand-in for MNIST-1D."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    t = np.arange(length)
-    x = 0.5 + 0.3 * np.sin(2 * math.pi * (y[:, None] + 1) * t / length + rng.uniform(0, 2 * math.pi, (n, 1)))
-    x = np.clip(x + 0.02 * rng.standard_normal((n, length)), 0, 1).astype(np.float32)[:, None, :]
-    return dataset_from_arrays("smooth", x, y)
 
 
 def make(levels: int = 16, **kwargs) -> WaveNet:
