@@ -6,7 +6,11 @@ reads only what this module defines:
 * **flags**: ``differentiable = False`` when its forward pass has no useful gradient (JPEG,
   quantisation), so gradient attacks go through BPDA; ``randomized = True`` when two forward passes
   of the same input may differ, so gradients use EOT and predictions use repeated draws. Read them
-  with :func:`is_differentiable` / :func:`is_randomized` (defaults True / False).
+  with :func:`is_differentiable` / :func:`is_randomized` (defaults True / False). A randomized
+  block may also declare ``independent_rows = True``: each row's randomness is drawn apart from
+  the other rows of the call, so one call on k stacked copies of a batch is k independent draws,
+  and EOT and the majority vote run them as one call (:func:`stacks_draws`; a block that draws
+  one parameter per call, shared by its rows, must leave it False, the default).
 * **BPDA stand-ins**: a :class:`Preprocessed` block's ``bpda(x)`` (a differentiable stand-in for
   its transform, identity by default) or any module's ``bpda_forward(x)`` (a stand-in for its
   whole forward pass); see ``robench.attacks.adaptive``.
@@ -65,6 +69,18 @@ def is_differentiable(target: nn.Module) -> bool:
 
 def is_randomized(target: nn.Module) -> bool:
     return bool(getattr(target, "randomized", False))
+
+
+def stacks_draws(target: nn.Module) -> bool:
+    """True if every randomized block in ``target`` declares ``independent_rows``: then k draws of
+    a batch may be one forward of the batch repeated k times (see :func:`repeat_rows`)."""
+    return all(bool(getattr(m, "independent_rows", False)) for m in target.modules() if is_randomized(m))
+
+
+def repeat_rows(x: Tensor, copies: int) -> Tensor:
+    """``copies`` copies of the batch ``x`` stacked along the rows (copy-major: row i of copy c is
+    row c * len(x) + i), the layout in which one forward gives ``copies`` draws per row."""
+    return x.repeat(copies, *([1] * (x.dim() - 1)))
 
 
 def queries_per_row(target: nn.Module) -> int:

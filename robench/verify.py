@@ -8,13 +8,14 @@ only path from an attack to a counted break: work units and diagnostic probes bo
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from robench.target import check_logits, is_randomized, logits_in_chunks, margin
+from robench.target import check_logits, is_randomized, logits_in_chunks, margin, repeat_rows, stacks_draws
 from robench.threat import ThreatModel
 
 if TYPE_CHECKING:
@@ -42,12 +43,26 @@ def predict_correct(target: nn.Module, x: Tensor, y: Tensor, *, draws: int = 1, 
     draws = draws if is_randomized(target) else 1
     wrong_votes = torch.zeros(len(x), device=x.device)
     margins = torch.zeros(len(x), device=x.device)
-    for _ in range(draws):
-        logits = check_logits(logits_in_chunks(target, x, max_batch), len(x)).float()
-        m = margin(logits, y)
-        wrong_votes += (logits.argmax(1) != y).float()
-        margins += m
+    for logits, rows in _draw_logits(target, x, draws, max_batch):
+        m = margin(logits, y[rows])
+        wrong_votes[rows] += (logits.argmax(1) != y[rows]).float()
+        margins[rows] += m
     return wrong_votes * 2 <= draws, margins / draws
+
+
+def _draw_logits(target: nn.Module, x: Tensor, draws: int, max_batch: int) -> Iterator[tuple[Tensor, slice]]:
+    """(float32 logits of one draw, the rows of x they belong to), ``draws`` times per row: one
+    call per draw, or, for a target whose draws are per row (``stacks_draws``), blocks of
+    examples stacked ``draws`` times in calls of at most ``max_batch`` rows (when ``draws`` fit one)."""
+    if draws == 1 or draws > max_batch or not stacks_draws(target):
+        for _ in range(draws):
+            yield check_logits(logits_in_chunks(target, x, max_batch), len(x)).float(), slice(0, len(x))
+        return
+    block = max(1, max_batch // draws)
+    for start in range(0, len(x), block):
+        rows = slice(start, min(start + block, len(x)))
+        stacked = check_logits(logits_in_chunks(target, repeat_rows(x[rows], draws), max_batch), draws * len(x[rows]))
+        yield from ((logits, rows) for logits in stacked.float().view(draws, len(x[rows]), -1))
 
 
 def verify(

@@ -15,6 +15,10 @@ Security"): make a target's gradient useful without changing what it predicts.
   "Synthesizing Robust Adversarial Examples", Eq. 2). Averaging log-probabilities, not raw
   logits, keeps draws with differently shifted logits on the same scale. Each forward row then
   costs ``eot_samples`` target rows: ``queries_per_row`` says so, for honest query counts.
+  Where every randomized block draws per row (``independent_rows``, see ``robench.target``),
+  the draws run as one forward of the batch stacked ``eot_samples`` times (in calls of at most
+  :func:`robench.batching.chunk_rows` rows): the same estimator, without a Python loop of
+  ``eot_samples`` calls (10x fewer sequential steps for a purifier that loops over time).
 
 A plain differentiable, deterministic target is returned unchanged.
 """
@@ -29,7 +33,9 @@ from torch import Tensor, nn
 
 
 from robench.errors import RobenchError
-from robench.target import Preprocessed, bpda_backward, is_differentiable, is_randomized, straight_through
+from robench.batching import chunk_rows
+from robench.target import (Preprocessed, bpda_backward, is_differentiable, is_randomized, repeat_rows, stacks_draws,
+                             straight_through)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +93,7 @@ class AdaptiveTarget(nn.Module):
         self.randomized = any(is_randomized(m) for m in _modules(target))
         self.eot_samples = eot_samples if self.randomized else 1
         self.queries_per_row = self.eot_samples
+        self.stacked = self.eot_samples > 1 and stacks_draws(target)
         self._hooked = _bpda_modules(target) if self.uses_bpda else []
         #: without EOT a row costs one target row: batch sizes are the target's (robench.batching)
         # (kept out of the module tree: a plain attribute, not a second registration of the target)
@@ -106,13 +113,27 @@ class AdaptiveTarget(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.eot_samples == 1:
             return self._draw(x)
+        if self.stacked and len(x):
+            return self._stacked_mean(x)
         total = self._draw(x).log_softmax(1)
         for _ in range(self.eot_samples - 1):
             total = total + self._draw(x).log_softmax(1)
         return total / self.eot_samples
 
+    def _stacked_mean(self, x: Tensor) -> Tensor:
+        """The mean log-probability over the draws, as few forwards of stacked copies of x as the
+        row limit allows (memory as a plain forward of ``chunk_rows`` rows)."""
+        per_call = max(1, min(self.eot_samples, chunk_rows(x) // len(x)))
+        total, done = None, 0
+        while done < self.eot_samples:
+            copies = min(per_call, self.eot_samples - done)
+            part = self._draw(repeat_rows(x, copies)).log_softmax(1).view(copies, len(x), -1).sum(0)
+            total = part if total is None else total + part
+            done += copies
+        return total / self.eot_samples
+
     def extra_repr(self) -> str:
-        return f"bpda={self.uses_bpda}, eot_samples={self.eot_samples}"
+        return f"bpda={self.uses_bpda}, eot_samples={self.eot_samples}, stacked={self.stacked}"
 
 
 def adaptive_target(target: nn.Module, *, eot_samples: int = EOT_SAMPLES) -> nn.Module:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robench.target import ANY, SeededDraws
+from robench.target import ANY, SeededDraws, repeat_rows
 from robench.errors import RobenchError
 from robench.registry import defenses
 
@@ -25,6 +25,7 @@ class GaussianNoiseVote(nn.Module):
 
     differentiable = False
     randomized = True
+    independent_rows = True  # every row gets its own noise
 
     def __init__(self, model: nn.Module, *, sigma: float, votes: int, smoothing: float = 0.5, seed: int = 0) -> None:
         super().__init__()
@@ -35,7 +36,7 @@ class GaussianNoiseVote(nn.Module):
         self.draws = SeededDraws(seed)
 
     def _noisy(self, x: Tensor, copies: int) -> Tensor:
-        rows = x.repeat(copies, *([1] * (x.dim() - 1)))
+        rows = repeat_rows(x, copies)
         noise = torch.randn(rows.shape, generator=self.draws.generator(x.device), device=x.device, dtype=x.dtype)
         return rows + self.sigma * noise
 

@@ -30,6 +30,7 @@ class RandomResizePad(Preprocessed):
 
     differentiable = True
     randomized = True
+    independent_rows = True  # a size and an offset per row
 
     def __init__(self, model: nn.Module, *, min_size: int | None = None, min_scale: float = 0.875, seed: int = 0) -> None:
         super().__init__(model)

@@ -94,6 +94,7 @@ class ParallelPurify(Preprocessed):
     """
 
     differentiable = True
+    independent_rows = True  # noise per element
 
     def __init__(self, model: nn.Module, student: nn.Module, *, eps_defend: float, keep: float, seed: int = 0) -> None:
         super().__init__(model)

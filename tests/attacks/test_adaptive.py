@@ -17,7 +17,7 @@ from robench.defenses.resize_pad import random_resize_pad
 from robench.defenses.thermometer import Thermometer
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import QueryCounter
+from robench.target import QueryCounter, repeat_rows
 from robench.threat import ThreatModel
 from robench.verify import verify
 from robench.zoo.cnn import SmallCNN
@@ -153,12 +153,54 @@ def test_eot_averages_log_probabilities_over_draws():
     twin = random_resize_pad(_linear(), min_size=5, seed=7)  # same weights, same draws
     adaptive = adaptive_target(target, eot_samples=6)
     assert adaptive.randomized and adaptive.queries_per_row == 6
+    assert adaptive.stacked  # random resizing draws per row: the six draws are one stacked forward
     x = _images(4)
     with torch.no_grad():
         out = adaptive(x)
-        expected = torch.stack([twin(x).log_softmax(1) for _ in range(6)]).mean(0)
+        expected = twin(repeat_rows(x, 6)).log_softmax(1).view(6, 4, -1).mean(0)
     assert torch.allclose(out, expected, atol=1e-6)
     assert (torch.logsumexp(out, 1) <= 1e-5).all()  # a mean of log-probabilities (Hoelder: sums to <= 1)
+
+
+class _SharedDraw(nn.Module):
+    """A randomized block that draws one shift per call, shared by all of the call's rows."""
+
+    randomized = True
+
+    def __init__(self, classes: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        self.model = _linear(classes)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x + torch.randn((), generator=self.generator))
+
+
+def test_eot_of_a_block_with_one_draw_per_call_makes_one_call_per_draw():
+    """Stacking needs independent_rows: stacked copies of such a block would share a draw."""
+    target, twin = _SharedDraw(seed=3), _SharedDraw(seed=3)
+    adaptive = adaptive_target(target, eot_samples=5)
+    assert not adaptive.stacked
+    x = _images(4)
+    with torch.no_grad():
+        out = adaptive(x)
+        expected = torch.stack([twin(x).log_softmax(1) for _ in range(5)]).mean(0)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_stacked_eot_splits_the_draws_over_calls_of_at_most_chunk_rows():
+    from robench.batching import chunk_rows
+
+    x = _images(3000)  # chunk_rows of 8 x 8 inputs is 4096: one draw per call
+    calls = []
+    target = random_resize_pad(_linear(), min_size=5, seed=1)
+    target.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    with torch.no_grad():
+        adaptive_target(target, eot_samples=3)(x)
+        assert calls == [3000] * 3 and chunk_rows(x) == 4096
+        calls.clear()
+        adaptive_target(target, eot_samples=10)(x[:1000])  # 4 copies per call: 4 + 4 + 2
+    assert calls == [4000, 4000, 2000]
 
 
 def test_eot_gradient_variance_falls_with_samples():
