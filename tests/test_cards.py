@@ -1,8 +1,11 @@
 """Cards (robench/cards.py): strict parsing with errors that name the key and the fix."""
+from pathlib import Path
+
 import pytest
 
 from robench.cards import load_defense_card, load_suite_card, parse_defense_card, parse_suite_card, parse_toml
 from robench.errors import RobenchError
+from robench.resolve import build_attack
 
 
 def test_repository_cards_parse():
@@ -10,6 +13,15 @@ def test_repository_cards_parse():
     suite = load_suite_card("quick")
     assert [s.label for s in suite.attacks] == ["pgd-plain", "pgd", "spsa"]
     assert [s.adaptive for s in suite.attacks] == [False, True, True]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "attacks").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_repository_suite_builds_its_attacks(path):
+    """A shipped suite card names registered attacks with parameters they accept."""
+    suite = load_suite_card(path.stem)
+    assert suite.name == path.stem and (suite.attacks or suite.certifiers)
+    for spec in suite.attacks:
+        build_attack(spec)
 
 
 @pytest.mark.parametrize(
