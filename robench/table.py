@@ -12,6 +12,13 @@ PARTIAL = "*"
 CERTIFIED = ">="
 
 
+def given_fewer(cell: pd.Series) -> bool:
+    """True if an attack's results row was given fewer examples than were clean-correct: in a
+    cascade it saw only what earlier attacks left standing, so its number is not that attack alone."""
+    return "attacked" in cell.index and pd.notna(cell["attacked"]) and \
+        int(cell["attacked"]) < int(round(cell["clean_accuracy"] * cell["n_examples"]))
+
+
 def summary_table(results: pd.DataFrame) -> str:
     """Per (defense, epsilon): clean accuracy, robust accuracy per attack, worst case with its CI.
 
@@ -34,9 +41,9 @@ def summary_table(results: pd.DataFrame) -> str:
                 row[attack] = f"{CERTIFIED}{cell['certified_accuracy']:.3f}"  # a certifier: a lower bound
                 certifiers = True
                 continue
-            given_fewer = "attacked" in cell.index and int(cell["attacked"]) < int(round(cell["clean_accuracy"] * cell["n_examples"]))
-            partial |= given_fewer
-            row[attack] = f"{cell['robust_accuracy']:.3f}" + (PARTIAL if given_fewer else "")
+            fewer = given_fewer(cell)
+            partial |= fewer
+            row[attack] = f"{cell['robust_accuracy']:.3f}" + (PARTIAL if fewer else "")
         row["worst-case"] = f"{worst['robust_accuracy']:.3f}"
         if "certified_accuracy" in worst.index and pd.notna(worst["certified_accuracy"]):
             row["certified"] = f"{worst['certified_accuracy']:.3f}"

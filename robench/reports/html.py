@@ -21,6 +21,7 @@ from robench.reports.rundir import RunFiles, load_run
 from robench.risk import as_bool, worst_case_examples
 from robench.schema import KEYS, REPORT, WORST_CASE
 from robench.stats import clopper_pearson
+from robench.table import PARTIAL, given_fewer
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,17 @@ def _headline(run: RunFiles, attacks: list[dict[str, Any]]) -> list[dict[str, An
         for attack in attacks:
             if attack["label"] in group.index:
                 row = group.loc[attack["label"]]
-                cells.append({"text": _pct(row["robust_accuracy"]), "value": float(row["robust_accuracy"])})
+                clean = round(float(row["clean_accuracy"]) * int(row["n_examples"]))
                 if "robust" in row.index:
-                    clean = round(float(row["clean_accuracy"]) * int(row["n_examples"]))
                     broken_by[attack["label"]] = clean - int(row["robust"])
                 else:
                     broken_by[attack["label"]] = round((float(row["clean_accuracy"]) - float(row["robust_accuracy"])) * int(row["n_examples"]))
+                partial = given_fewer(row)
+                cells.append({"text": _pct(row["robust_accuracy"]) + (PARTIAL if partial else ""),
+                              "value": float(row["robust_accuracy"]), "partial": partial,
+                              "title": (f"given {int(row['attacked'])} of the {clean} clean-correct examples (a cascade: only "
+                                        f"those earlier attacks left standing); broke {broken_by[attack['label']]}")
+                              if partial else ""})
             else:
                 cells.append({"text": "-", "value": None})
         values = [c["value"] for c in cells if c["value"] is not None]
@@ -130,6 +136,7 @@ def _headline(run: RunFiles, attacks: list[dict[str, Any]]) -> list[dict[str, An
             "broke_most": ", ".join(a for a, k in broken_by.items() if k == most) if most > 0 else "",
             "broke_most_count": most,
             "failed": (defense, round(epsilon, 9)) in failed,
+            "cascade": any(c.get("partial") for c in cells),
         })
     return rows
 

@@ -230,3 +230,23 @@ def test_the_banner_tells_questions_from_notes_on_what_the_harness_handled(run_d
     pd.DataFrame(rows).to_csv(path / "diagnostics.csv", index=False)
     html = write_report(path).read_text()
     assert "1 check(s) question a number" in html and "1 more fired check(s) are notes" in html
+
+
+def test_cascade_cells_are_marked_and_explained(run_dir_factory):
+    """In a cascade a later attack is given only what earlier attacks left standing: its cell is
+    marked, says in its title how many it was given and broke, and a note under the table says why."""
+    import pandas as pd
+
+    run = run_dir_factory({("none", 0.1): (5, 20)})
+    html = write_report(run).read_text()
+    assert 'id="cascade-note"' not in html and "clean-correct examples (a cascade" not in html
+    results = pd.read_csv(run / "results.csv")
+    assert "attacked" in results.columns
+    spsa = results["attack"] == "spsa"
+    results.loc[spsa, "attacked"] = 11  # of the 18 clean-correct: PGD broke 7 before SPSA ran
+    results.to_csv(run / "results.csv", index=False)
+    html = write_report(run).read_text()
+    assert 'id="cascade-note"' in html
+    assert re.search(r'title="given 11 of the 18 clean-correct examples \(a cascade: only those earlier attacks left standing\); '
+                     r'broke 13">25\.0%\*</td>', html)
+    assert html.count("%*</td>") == 1  # PGD was given every clean-correct example: unmarked
