@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _shims  # noqa: E402
+from timing import median_seconds as _time  # noqa: E402
 
 from robench import rng  # noqa: E402
 from robench.attacks.apgd import APGDCE  # noqa: E402
@@ -99,16 +100,6 @@ def cifar_workload(n: int, quick: bool) -> Workload:
 
 
 # ------------------------------------------------------------------------------------- the limit
-def _time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def sweep(model: nn.Module, example: Tensor, sizes: list[int], repeats: int) -> dict:
     """Microseconds per row of forward, and of forward+backward, at each batch size."""
     forward, backward = {}, {}

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
 
@@ -25,16 +23,7 @@ from robench.attacks.adaptive import adaptive_target
 from robench.data import load_dataset
 from robench.resolve import build_defense, defense_cards, load_model
 from robench.verify import predict_correct
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def main() -> None:
@@ -73,8 +62,8 @@ def main() -> None:
 
         with torch.no_grad():
             mean_logp = torch.stack([eot(x).gather(1, y[:, None]).mean() for _ in range(20)])
-        rows[stacked] = (timed(gradient, args.repeats),
-                         timed(lambda: predict_correct(target, x, y, draws=args.draws), args.repeats),
+        rows[stacked] = (median_seconds(gradient, args.repeats),
+                         median_seconds(lambda: predict_correct(target, x, y, draws=args.draws), args.repeats),
                          float(mean_logp.mean()), float(mean_logp.std() / 20**0.5))
     set_stacked(True)
     for name, i in (("EOT gradient", 0), ("majority vote", 1)):
