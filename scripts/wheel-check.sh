@@ -18,6 +18,10 @@ unzip -l "$wheel" > "$work/listing.txt"
 for card in defenses/none.toml attacks/quick.toml; do  # the cards travel in the wheel
   grep -q "data/data/share/robench/$card" "$work/listing.txt" || { echo "wheel lacks $card" >&2; exit 1; }
 done
+# so do the shipped weights, every file the manifest lists
+for file in manifest.json $(sed -n 's/^ *"file": "\(.*\)",$/\1/p' "$repo/robench/zoo/weights/manifest.json"); do
+  grep -q " robench/zoo/weights/$file\$" "$work/listing.txt" || { echo "wheel lacks robench/zoo/weights/$file" >&2; exit 1; }
+done
 "$py" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q "torch==2.13.0"
 "$work/venv/bin/python" -m pip install -q "$wheel"
@@ -28,6 +32,8 @@ bin="$work/venv/bin"
 "$bin/robench" list > list.txt
 grep -q "^  none " list.txt && grep -q "^  quick " list.txt || { echo "robench list shows no cards" >&2; cat list.txt >&2; exit 1; }
 "$bin/python" -m robench --help > /dev/null
+"$bin/robench" zoo list > zoo.txt  # an empty cache: the shipped models are there, checked against their hashes
+grep -q "^cnn  *classifier  *shipped " zoo.txt || { echo "robench zoo list shows no shipped cnn" >&2; cat zoo.txt >&2; exit 1; }
 cat > mymodels.py <<'PY'
 import torch
 from torch import nn

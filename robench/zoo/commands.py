@@ -7,6 +7,8 @@ never prints.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -20,31 +22,63 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def zoo_status(data: Dataset, *, seed: int = 0) -> list[tuple[str, str, dict[str, Any] | None]]:
-    """(name, role, stored metadata or None if not trained) for every registered zoo model that fits
-    ``data``, with the settings its factory caches under by default. Asked of the factories
-    themselves (``robench.zoo.cache.peek``), so nothing trains and no cache key is copied here."""
-    from robench.registry import models
+@dataclass(frozen=True)
+class ZooRow:
+    """One line of ``robench zoo list``: a zoo model (or the model a defense trains for itself), its
+    role, where its weights are (``cached`` in the user's cache, ``shipped`` with robench, or
+    ``not trained``) and their stored metadata (None when not trained)."""
+
+    name: str
+    role: str
+    status: str
+    meta: dict[str, Any] | None
+
+
+def _look(factory: Callable[[], object], name: str) -> tuple[str, dict[str, Any] | None] | None:
+    """(status, metadata) of what ``factory()`` would load, asked without training (peek); None
+    where the factory refuses the data."""
+    from robench.zoo.cache import NotCached, peek, watch
+
+    with peek(), watch() as loaded:
+        try:
+            factory()
+        except NotCached:
+            return "not trained", None
+        except RobenchError as exc:  # fits the kind but not this data (e.g. mnist-cnn on 8x8 digits)
+            log.debug("zoo list: %s skipped (%s)", name, exc)
+            return None
+    # its own file; a factory that caches under another name: the last file it loaded
+    mine = [entry for entry in loaded if entry.name == name] or loaded[-1:]
+    if not mine:  # nothing cached: it needs no training
+        return "cached", {}
+    return ("shipped" if mine[-1].source == "shipped" else "cached"), mine[-1].meta
+
+
+def zoo_status(data: Dataset, *, seed: int = 0) -> list[ZooRow]:
+    """A row for every registered zoo model that fits ``data``, with the settings its factory caches
+    under by default, then for every defense card that trains a model of its own (role
+    ``defense``, with the card's parameters). Asked of the factories themselves
+    (``robench.zoo.cache.peek``), so nothing trains and no cache key is copied here."""
+    from robench.cards import all_defense_cards
+    from robench.registry import defenses, models
     from robench.target import input_kind, supports_input
-    from robench.zoo.cache import NotCached, peek
 
     kind = input_kind(data.input_shape)
-    rows: list[tuple[str, str, dict[str, Any] | None]] = []
+    rows: list[ZooRow] = []
     for entry in models.entries():
         if not supports_input(entry.inputs, kind):
             continue
-        with peek() as seen:
-            try:
-                entry.factory(data, seed=seed)
-            except NotCached:
-                rows.append((entry.name, entry.extra.get("role", "classifier"), None))
-                continue
-            except RobenchError as exc:  # fits the kind but not this data (e.g. mnist-cnn on 8x8 digits)
-                log.debug("zoo list: %s skipped (%s)", entry.name, exc)
-                continue
-        # its own file's metadata; a factory that caches under another name: the last file it loaded
-        meta = seen.get(entry.name) or (list(seen.values())[-1] if seen else {})
-        rows.append((entry.name, entry.extra.get("role", "classifier"), meta))
+        found = _look(lambda: entry.factory(data, seed=seed), entry.name)
+        if found is not None:
+            rows.append(ZooRow(entry.name, entry.extra.get("role", "classifier"), *found))
+    for card in all_defense_cards():
+        defense = defenses.entry(card.factory)
+        if not defense.extra.get("own_model") or not supports_input(defense.inputs, kind):
+            continue
+        params = {**dict(card.params), "seed": seed}
+        found = _look(lambda: defense.factory(None, data=data, **params), card.name)
+        if found is not None:
+            rows.append(ZooRow(card.name, "defense", *found))
     return rows
 
 
@@ -71,13 +105,14 @@ def zoo() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Training seed.")
 @friendly_errors
 def list_models(dataset: str, seed: int) -> None:
-    """Show every zoo model that fits the data set, whether it is cached, and its clean test accuracy
-    (or other headline figure). Nothing is trained."""
+    """Show every zoo model that fits the data set (and the models the defenses train for themselves),
+    whether it is available (cached, or shipped with robench) or not trained yet, and its clean test
+    accuracy (or other headline figure). Nothing is trained."""
     from robench.data import load_dataset
 
     data = load_dataset(dataset)
-    rows = [(name, role, "cached" if meta is not None else "not trained", describe_meta(meta) if meta is not None else "-")
-            for name, role, meta in zoo_status(data, seed=seed)]
+    rows = [(row.name, row.role, row.status, describe_meta(row.meta) if row.meta is not None else "-")
+            for row in zoo_status(data, seed=seed)]
     widths = [max(len(r[i]) for r in rows + [("model", "role", "status", "figures")]) for i in range(3)]
     click.echo(f"{'model':<{widths[0]}}  {'role':<{widths[1]}}  {'status':<{widths[2]}}  figures")
     for name, role, status, figures in rows:
@@ -90,13 +125,16 @@ def list_models(dataset: str, seed: int) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Training seed (part of the cache key).")
 @friendly_errors
 def train(name: str, dataset: str, seed: int) -> None:
-    """Train NAME (and the encoder it needs) now, with progress bars; a cached model is only loaded."""
+    """Train NAME (and the encoder it needs) from code now, with progress bars, into the cache: the
+    weights shipped with robench are not used (this reproduces them). A model already in the cache
+    is only loaded."""
     import time
 
     from tqdm import tqdm
 
     from robench.data import load_dataset
     from robench.registry import models
+    from robench.zoo.cache import from_code, watch
     from robench.zoo.encoders import progress_callback
 
     factory = models.get(name)  # an unknown name: one line and exit 2 (friendly_errors), before any data is loaded
@@ -110,12 +148,13 @@ def train(name: str, dataset: str, seed: int) -> None:
 
     start = time.perf_counter()
     try:
-        with progress_callback(on_step):
+        with progress_callback(on_step), from_code(), watch() as loaded:
             module = factory(data, seed=seed)
     finally:
         for bar in bars.values():
             bar.close()
     seconds = time.perf_counter() - start
     meta = getattr(module, "robench_meta", {})
-    state = f"trained in {seconds:.1f}s" if bars else f"loaded from the cache in {seconds:.1f}s"
+    trained = any(entry.source == "trained" for entry in loaded)
+    state = f"trained in {seconds:.1f}s" if trained else f"loaded from the cache in {seconds:.1f}s"
     click.echo(f"{name}: {state}; {describe_meta(meta)}")
