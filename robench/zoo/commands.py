@@ -6,6 +6,7 @@ never prints.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,7 +76,9 @@ def zoo_status(data: Dataset, *, seed: int = 0) -> list[ZooRow]:
         defense = defenses.entry(card.factory)
         if not defense.extra.get("own_model") or not supports_input(defense.inputs, kind):
             continue
-        params = {**dict(card.params), "seed": seed}
+        params = dict(card.params)
+        if "seed" in inspect.signature(defense.factory).parameters:
+            params["seed"] = seed
         found = _look(lambda: defense.factory(None, data=data, **params), card.name)
         if found is not None:
             rows.append(ZooRow(card.name, "defense", *found))
