@@ -66,14 +66,14 @@ def build_cnn(data: Dataset) -> SmallCNN:
     return SmallCNN(c, h, w, data.num_classes)
 
 
-@models.register("cnn", inputs=(IMAGE,), description="small supervised CNN trained on the data set on first use (cached)")
+@models.register("cnn", inputs=(IMAGE,), description="small supervised CNN trained on the data set on first use (cached; shipped for digits and mnist)")
 def cnn(data: Dataset, *, seed: int = 0, epochs: int = 30) -> nn.Module:
     config = {"code": CODE_VERSION, "data": data.fingerprint, "seed": seed, "epochs": epochs, **architecture_key(data.input_shape)}
     return supervised("cnn", config, lambda: build_cnn(data), data, epochs=epochs, seed=seed)
 
 
 @models.register("mnist-cnn", inputs=(IMAGE,),
-                 description="the cnn trained on the mnist data set (standard training; cached), for any 1x28x28 test set")
+                 description="the cnn trained on the mnist data set (standard training; shipped), for any 1x28x28 test set")
 def mnist_cnn(data: Dataset | None = None, *, seed: int = 0, epochs: int = 30) -> nn.Module:
     """The supervised MNIST baseline: ``cnn`` trained on robench's mnist split, whatever is attacked."""
     from robench.data import load_mnist

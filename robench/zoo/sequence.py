@@ -258,7 +258,7 @@ def _config(data: Dataset, seed: int, **settings: object) -> dict:
     return {"code": CODE_VERSION, "data": data.fingerprint, "seed": seed, **settings}
 
 
-@models.register("cnn1d", inputs=(SEQUENCE,), description="plain 1-D CNN (3 strided convs + linear) trained on first use (cached)",
+@models.register("cnn1d", inputs=(SEQUENCE,), description="plain 1-D CNN (3 strided convs + linear) trained on first use (cached; shipped for mnist1d)",
                  role="classifier")
 def cnn1d(data: Dataset, *, seed: int = 0, epochs: int = 60, lr: float = 1e-2) -> nn.Module:
     c, length = sequence_shape(data, "cnn1d")
