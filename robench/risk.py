@@ -49,18 +49,19 @@ def _status_text(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def worst_case(examples: pd.DataFrame) -> pd.DataFrame:
-    """Per (defense, epsilon, example): broken if any attack broke it; queries summed over attacks."""
+    """:func:`worst_case_examples` with the rows' other columns, for the results table: queries and
+    seconds summed over attacks, the closest break, the strongest certifier's answer."""
     attacked = _status_text(examples[examples["attack"] != WORST_CASE])
-    group = attacked.groupby([*KEYS, "example"], sort=False, dropna=False)
-    worst = group.agg(
+    worst = worst_case_examples(attacked).drop(columns="robust")
+    group = attacked.groupby([*KEYS, "example"], sort=False, dropna=False)  # the same groups, in the same order
+    rest = group.agg(
         label=("label", "first"),
-        clean_correct=("clean_correct", "first"),
-        broken=("broken", "max"),
         rejected=("rejected", "max"),
         attacked=("attacked", "max"),
         queries=("queries", "sum"),
         seconds=("seconds", "sum"),
-    ).reset_index()
+    ).reset_index(drop=True)
+    worst = pd.concat([worst, rest], axis=1)
     # distance and margin of the closest breaking proposal, else the smallest margin reached
     broken_rows = attacked[attacked["broken"]]
     min_distance = broken_rows.groupby([*KEYS, "example"], dropna=False)["distance"].min()
