@@ -63,6 +63,8 @@ STATUS_RANK: dict[str, int] = {NOT_CERTIFIED: 0, UNKNOWN: 1, COUNTEREXAMPLE: 2, 
 
 #: what each kind of column must hold (``robench.reports.rundir.validate_table`` checks it)
 NAME, COUNT, RATE, EPSILON, AMOUNT, NUMBER, FLAG = "name", "count", "rate", "epsilon", "amount", "number", "flag"
+#: free text, possibly empty (a diagnostic's detail; certify_status, checked against CERTIFY_STATUSES)
+TEXT = "text"
 #: a kind ending in "?" may also be empty (a column only some rows fill, e.g. a certifier's)
 OPTIONAL = "?"
 #: per table: column -> kind (columns a table lacks are not checked; ``required`` is read_table's)
@@ -81,15 +83,16 @@ TABLE_TYPES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         "defense": NAME, "model": NAME, "dataset": NAME, "norm": NAME, "attack": NAME, "epsilon": EPSILON,
         "example": COUNT, "label": COUNT, "queries": COUNT, "draws": COUNT,
         "clean_correct": FLAG, "broken": FLAG, "rejected": FLAG, "attacked": FLAG, "certified": FLAG,
-        "distance": NUMBER, "margin": NUMBER, "seconds": AMOUNT,
+        "distance": NUMBER, "margin": NUMBER, "seconds": AMOUNT, "certify_status": TEXT,
     }, (*KEYS, "attack", "example")),
     DIAGNOSTICS: ({  # no identity: a check may give one row per model or data set of a (defense, epsilon)
-        "defense": NAME, "check": NAME, "epsilon": EPSILON, "fired": FLAG,
+        "defense": NAME, "check": NAME, "epsilon": EPSILON, "fired": FLAG, "detail": TEXT,
     }, ()),
 }
 
 #: columns that hold names, kept as text whatever they look like (a defense called "1" stays "1")
-TEXT_COLUMNS: tuple[str, ...] = ("defense", "model", "dataset", "norm", "attack", "check", "detail", "certify_status")
+TEXT_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(
+    column for kinds, _ in TABLE_TYPES.values() for column, kind in kinds.items() if kind in (NAME, TEXT)))
 
 #: adversarial.npz: a few verified adversarial examples per unit, for the report's grid
 ADVERSARIAL_ARRAYS: tuple[str, ...] = ("defense", "epsilon", "attack", "example", "x", "x_adv")

@@ -25,7 +25,7 @@ from robench.errors import RobenchError
 from robench.schema import (
     ADVERSARIAL, ADVERSARIAL_ARRAYS, AMOUNT, CERTIFY_STATUSES, COUNT, DIAGNOSTIC_REQUIRED, DIAGNOSTICS, EPSILON,
     EXAMPLE_REQUIRED, EXAMPLES, FLAG, KEYS, NAME, NUMBER, OPTIONAL, PLAN, RATE, RESULT_REQUIRED, RESULTS, RUN,
-    TABLE_TYPES, read_table,
+    TABLE_TYPES, TEXT, read_table,
 )
 
 __all__ = ["RunFiles", "load_run", "read_results", "read_run_json", "read_adversarial", "validate_table",
@@ -139,6 +139,8 @@ def validate_table(frame: pd.DataFrame, path: str | Path, *, hint: str | None = 
     for column, kind in kinds.items():
         if column not in frame.columns:
             continue
+        if kind == TEXT:
+            continue  # free text; certify_status is checked against its vocabulary below
         if kind == NAME:
             blank = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
             if blank.any():
