@@ -18,6 +18,7 @@ from torch import nn
 from robench import schema
 from robench.certify import COUNTEREXAMPLE, make_certifier
 from robench.defenses.noise import GaussianNoiseVote
+from robench.method import Method
 from robench.registry import certifiers, load_builtins
 from robench.threat import ThreatModel
 
@@ -97,6 +98,7 @@ def test_certifier_contract(toy, name, norm):
     assert result.status.shape == (len(x),) and result.counterexample.shape == x.shape
     names = result.names()
     assert set(names) <= set(schema.CERTIFY_STATUSES) - {schema.NOT_CERTIFIED}
+    assert isinstance(certifier, Method), "a certifier declares the method contract (robench.method)"
     assert isinstance(certifier.sound, bool) and certifier.budget(threat) >= 0
 
     with torch.no_grad():
