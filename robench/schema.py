@@ -90,6 +90,10 @@ TABLE_TYPES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     }, ()),
 }
 
+#: the dtype a column of each kind has in memory (an optional count is float: it may be missing)
+KIND_DTYPES: dict[str, type] = {NAME: str, TEXT: str, COUNT: int, RATE: float, EPSILON: float, AMOUNT: float,
+                                NUMBER: float, FLAG: bool}
+
 #: columns that hold names, kept as text whatever they look like (a defense called "1" stays "1")
 TEXT_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(
     column for kinds, _ in TABLE_TYPES.values() for column, kind in kinds.items() if kind in (NAME, TEXT)))
@@ -130,7 +134,6 @@ def read_table(path: str | Path, required: tuple[str, ...] = ()) -> pd.DataFrame
 
 
 def empty_diagnostics() -> pd.DataFrame:
-    """A diagnostics table with no rows, and the right columns and dtypes."""
-    return pd.DataFrame({"defense": pd.Series(dtype=str), "epsilon": pd.Series(dtype=float),
-                         "check": pd.Series(dtype=str), "fired": pd.Series(dtype=bool),
-                         "detail": pd.Series(dtype=str)})
+    """A diagnostics table with no rows, and the dtypes its columns' kinds give."""
+    kinds, _ = TABLE_TYPES[DIAGNOSTICS]
+    return pd.DataFrame({c: pd.Series(dtype=KIND_DTYPES[kinds[c]]) for c in DIAGNOSTIC_COLUMNS})
