@@ -53,7 +53,9 @@ def assemble(ctx: Context, results: list[UnitResult], started: float, executor: 
         "defenses": [{**asdict(c), "model": ctx.models.get(c.name, ctx.config.model)} for c in ctx.cards.values()],
         "suite": {"name": ctx.suite.name, "source": ctx.suite.source,
                   "attacks": [{"label": label, "attack": spec.attack, "repr": repr(a),
-                               "gradient_free": a.gradient_free} for label, (spec, a) in ctx.attacks.items()]},
+                               "gradient_free": a.gradient_free} for label, (spec, a) in ctx.attacks.items()],
+                  "certifiers": [{"label": label, "method": spec.method, "repr": repr(c), "sound": c.sound}
+                                 for label, (spec, c) in ctx.certifiers.items()]},
         "versions": versions(),
         "timings": {"started": started, "seconds": round(time.time() - started, 3),
                     "units": [{"defense": r.unit.defense, "epsilon": r.unit.epsilon, "attack": r.unit.name,

@@ -54,6 +54,8 @@ def test_the_bracket_holds_and_milp_answers_every_example(tmp_path):
     assert pd_isnan(results.loc["pgd", "certified_accuracy"])
     by_example = evaluation.examples.groupby("example")["certified"].nunique()
     assert (by_example == 1).all(), "certified is the same on every row of an example"
+    recorded = {c["label"]: c["sound"] for c in evaluation.run["suite"]["certifiers"]}
+    assert recorded == {"ibp": True, "milp": True}, "run.json records each certifier's declaration"
     checks = set(evaluation.diagnostics["check"])
     assert "attack_misses_counterexample" in checks
 
