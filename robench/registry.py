@@ -1,4 +1,4 @@
-"""One registry per kind of thing (models, defenses, attacks, datasets).
+"""One registry per kind of thing (models, defenses, attacks, certifiers, datasets).
 
 A new attack or defense is one decorated factory; nothing else changes. Names that contain a
 colon (``package.module:callable``) are imported on demand: that is trusted user code, the only
@@ -140,12 +140,14 @@ def import_reference(reference: str, kind: str = "object") -> Callable[..., Any]
 models = Registry("model")
 defenses = Registry("defense factory")
 attacks = Registry("attack")
+certifiers = Registry("certifier")
 datasets = Registry("dataset")
 
 _BUILTIN_MODULES = (
     "robench.data",
     "robench.defenses",
     "robench.attacks",
+    "robench.certify",
 )
 _loaded = False
 

@@ -1,6 +1,8 @@
-"""One work unit, start to finish: clean predictions, attack, verify, one row per example.
+"""One work unit, start to finish: clean predictions, attack or certify, verify, one row per example.
 
-Each attack unit attacks only the examples its defense classifies correctly (AutoAttack's
+A unit's kind (``robench.plan.UnitKind``) says what runs; attack, cascade and certify units write
+their rows through one builder (:func:`example_rows`, robench.schema's columns). Each attack unit
+attacks only the examples its defense classifies correctly (AutoAttack's
 convention: an example already misclassified is already broken) and counts a break only through
 ``verify.attack_and_verify``. A probe unit runs the diagnostics' small extra attacks the same way.
 Randomness comes from per-example seeds derived from the run seed and the unit's seed key, and a
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from robench import rng
-from robench.attacks.adaptive import adaptive_target, needs_adaptation
+from robench import schema
+from robench.attacks.adaptive import adaptive_target, eot_draws, needs_adaptation
 from robench.attacks.base import Attack
 from robench.cards import AttackSpec
-from robench.plan import Unit
+from robench.plan import Unit, UnitKind
 from robench.console import one_line
 from robench.resolve import Context, build_context
 from robench.schema import EXAMPLE_COLUMNS
@@ -32,10 +36,6 @@ from robench.verify import PREDICTION_DRAWS, attack_and_verify, predict_correct,
 
 log = logging.getLogger(__name__)
 
-#: gradient draws averaged by EOT for randomized targets, unless a suite entry says otherwise
-DEFAULT_EOT_SAMPLES = 10
-#: EOT draws in the diagnostic probes of randomized targets
-PROBE_EOT_SAMPLES = 4
 #: adversarial examples kept per unit for the report's image grid
 ADVERSARIAL_SAMPLES = 4
 
@@ -73,7 +73,19 @@ def gradient_view(target: nn.Module, attack: Attack, spec: AttackSpec) -> nn.Mod
     """Gradient attacks see BPDA/EOT gradients where the target masks or randomizes them."""
     if attack.gradient_free or not spec.adaptive or not needs_adaptation(target):
         return target
-    return adaptive_target(target, eot_samples=spec.eot_samples or DEFAULT_EOT_SAMPLES)
+    return adaptive_target(target, eot_samples=eot_draws(spec.eot_samples))
+
+
+def example_rows(ctx: Context, unit: Unit, label: str, columns: dict[str, object], seconds: float) -> pd.DataFrame:
+    """The one writer of a unit's rows (``schema.EXAMPLE_COLUMNS``): the cell's keys, then
+    ``columns`` (one value per example of the shard, or one for all), and the seconds per example."""
+    threat = ctx.threats[unit.epsilon]
+    ids, y = ctx.ids[unit.start:unit.stop], ctx.y[unit.start:unit.stop]
+    return pd.DataFrame({
+        "defense": unit.defense, "model": ctx.models.get(unit.defense, ctx.config.model), "dataset": ctx.data.name,
+        "norm": threat.norm, "epsilon": threat.epsilon, "attack": label, "example": ids.numpy(), "label": y.numpy(),
+        **columns, "seconds": seconds / max(len(ids), 1),
+    }, columns=list(EXAMPLE_COLUMNS))
 
 
 def _attack_rows(ctx: Context, unit: Unit, label: str, given: Tensor, clean_correct: Tensor, clean_margin: Tensor,
@@ -116,15 +128,11 @@ def _attack_rows(ctx: Context, unit: Unit, label: str, given: Tensor, clean_corr
                 "x": xs[keep.to(xs.device)].float().cpu().numpy(),
                 "x_adv": result.x_adv[keep.to(xs.device)].detach().float().cpu().numpy(),
             }
-    seconds = time.perf_counter() - started
-    rows = pd.DataFrame({
-        "defense": unit.defense, "model": ctx.models.get(unit.defense, ctx.config.model), "dataset": ctx.data.name,
-        "norm": threat.norm, "epsilon": threat.epsilon, "attack": label,
-        "example": ids.numpy(), "label": y.numpy(), "clean_correct": clean_correct.numpy(), "broken": broken.numpy(),
-        "rejected": rejected.numpy(), "queries": queries.numpy(), "distance": distance.numpy(),
-        "margin": margins.numpy(), "draws": draws, "attacked": given.numpy(), "certified": False, "certify_status": "",
-        "seconds": seconds / max(n, 1),
-    }, columns=list(EXAMPLE_COLUMNS))
+    rows = example_rows(ctx, unit, label, {
+        "clean_correct": clean_correct.numpy(), "broken": broken.numpy(), "rejected": rejected.numpy(),
+        "queries": queries.numpy(), "distance": distance.numpy(), "margin": margins.numpy(), "draws": draws,
+        "attacked": given.numpy(), "certified": False, "certify_status": schema.NOT_CERTIFIED,
+    }, time.perf_counter() - started)
     return rows, adversarial, found
 
 
@@ -132,7 +140,7 @@ def run_attack_unit(ctx: Context, unit: Unit) -> UnitResult:
     """Attack the clean-correct examples of a shard, verify every proposal, one row per example."""
     started = time.perf_counter()
     clean_correct, clean_margin, draws = clean_predictions(ctx, unit)
-    rows, adversarial, _ = _attack_rows(ctx, unit, unit.attack, clean_correct, clean_correct, clean_margin, draws)
+    rows, adversarial, _ = _attack_rows(ctx, unit, unit.method, clean_correct, clean_correct, clean_margin, draws)
     return UnitResult(unit, rows, adversarial, seconds=time.perf_counter() - started, queries=int(rows["queries"].sum()))
 
 
@@ -163,7 +171,7 @@ def run_certify_unit(ctx: Context, unit: Unit) -> UnitResult:
     from robench.certify import COUNTEREXAMPLE, STATUS_NAMES
 
     started = time.perf_counter()
-    _, certifier = ctx.certifiers[unit.attack]
+    _, certifier = ctx.certifiers[unit.method]
     target = ctx.target(unit.defense)
     threat = ctx.threats[unit.epsilon]
     clean_correct, clean_margin, draws = clean_predictions(ctx, unit)
@@ -171,7 +179,7 @@ def run_certify_unit(ctx: Context, unit: Unit) -> UnitResult:
     n = len(x)
     broken, rejected = ~clean_correct.clone(), torch.zeros(n, dtype=torch.bool)
     distance, margins = torch.zeros(n), clean_margin.detach().float().clone()
-    status = [""] * n
+    status = [schema.NOT_CERTIFIED] * n
     adversarial = None
     todo = clean_correct.nonzero().flatten()
     if len(todo):
@@ -189,26 +197,23 @@ def run_certify_unit(ctx: Context, unit: Unit) -> UnitResult:
         codes = result.status.cpu().tolist()
         for row, code, ok, was_proposed in zip(todo.tolist(), codes, confirmed.tolist(), proposed.tolist()):
             # a counterexample that does not verify is no answer: unknown
-            status[row] = STATUS_NAMES[int(code)] if ok or not was_proposed else "unknown"
+            status[row] = STATUS_NAMES[int(code)] if ok or not was_proposed else schema.UNKNOWN
         keep = confirmed.nonzero().flatten()[:ADVERSARIAL_SAMPLES]
         if len(keep):
             adversarial = {"example": ids[todo][keep].numpy(), "x": xs[keep.to(xs.device)].float().cpu().numpy(),
                            "x_adv": result.counterexample[keep.to(xs.device)].detach().float().cpu().numpy()}
     seconds = time.perf_counter() - started
-    rows = pd.DataFrame({
-        "defense": unit.defense, "model": ctx.models.get(unit.defense, ctx.config.model), "dataset": ctx.data.name,
-        "norm": threat.norm, "epsilon": threat.epsilon, "attack": unit.attack,
-        "example": ids.numpy(), "label": y.numpy(), "clean_correct": clean_correct.numpy(), "broken": broken.numpy(),
-        "rejected": rejected.numpy(), "queries": 0, "distance": distance.numpy(), "margin": margins.numpy(),
-        "draws": draws, "attacked": clean_correct.numpy(), "certified": [s == "certified" for s in status],
-        "certify_status": status, "seconds": seconds / max(n, 1),
-    }, columns=list(EXAMPLE_COLUMNS))
+    rows = example_rows(ctx, unit, unit.method, {
+        "clean_correct": clean_correct.numpy(), "broken": broken.numpy(), "rejected": rejected.numpy(), "queries": 0,
+        "distance": distance.numpy(), "margin": margins.numpy(), "draws": draws, "attacked": clean_correct.numpy(),
+        "certified": [s == schema.CERTIFIED for s in status], "certify_status": status,
+    }, seconds)
     return UnitResult(unit, rows, adversarial, seconds=seconds)
 
 
 def run_probe_unit(ctx: Context, unit: Unit) -> UnitResult:
     """The diagnostic probes of one (defense, epsilon): small extra attacks that expose masking."""
-    from robench.diagnostics import diagnostics_frame, probe_checks
+    from robench.diagnostics import PROBE_EOT_SAMPLES, diagnostics_frame, probe_checks, probe_examples
 
     started = time.perf_counter()
     target = ctx.target(unit.defense)
@@ -225,7 +230,7 @@ def run_probe_unit(ctx: Context, unit: Unit) -> UnitResult:
         x=ctx.x[clean_correct].to(ctx.device), y=ctx.y[clean_correct].to(ctx.device), threat=threat,
         ids=ctx.ids[clean_correct], clean_correct=torch.ones(int(clean_correct.sum()), dtype=torch.bool),
         seed=rng.derive_seed(ctx.config.seed, unit.seed_key), max_batch=ctx.max_batch,
-        n_examples=16 if randomized else 32,
+        n_examples=probe_examples(randomized),
     )
     return UnitResult(unit, diagnostics_frame(found), seconds=time.perf_counter() - started)
 
@@ -237,16 +242,19 @@ def execute_unit(ctx: Context, unit: Unit) -> UnitResult:
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
-            if unit.is_probe:
-                return run_probe_unit(ctx, unit)
-            if unit.attack in ctx.certifiers:
-                return run_certify_unit(ctx, unit)
-            return run_cascade_unit(ctx, unit) if unit.is_cascade else run_attack_unit(ctx, unit)
+            return RUNNERS[unit.kind](ctx, unit)
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as exc:  # a defense or attack that raises (or exits) mid-run: record it, go on
         log.debug("unit %s failed", unit.store_key, exc_info=True)
         return UnitResult(unit, error=one_line(exc))
+
+
+#: what runs a unit of each kind
+RUNNERS: dict[UnitKind, Callable[[Context, Unit], UnitResult]] = {
+    UnitKind.ATTACK: run_attack_unit, UnitKind.CASCADE: run_cascade_unit,
+    UnitKind.CERTIFY: run_certify_unit, UnitKind.PROBES: run_probe_unit,
+}
 
 
 #: a worker process's context, rebuilt only when a task of another configuration arrives

@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 EOT_SAMPLES = 10
 
 
+def eot_draws(requested: int | None) -> int:
+    """The EOT draws of a suite entry: its own ``eot_samples``, else :data:`EOT_SAMPLES` (the one default)."""
+    return requested or EOT_SAMPLES
+
+
 def _modules(target: nn.Module) -> list[nn.Module]:
     return list(target.modules())
 

@@ -29,6 +29,7 @@ from robench.certify.base import (
     CERTIFIED, UNKNOWN, Certification, Certifier, Timer, check_examples, positive_float, positive_int,
 )
 from robench.errors import RobenchError
+from robench.registry import certifiers
 from robench.rng import derive_seed
 from robench.threat import ThreatModel
 
@@ -69,6 +70,7 @@ def vote_counts(model: nn.Module, x: Tensor, draws: int, sigma: float, batch: in
     return counts
 
 
+@certifiers.register("smoothing")
 class Smoothing(Certifier):
     """Cohen et al.'s CERTIFY for the gaussian-noise defense under L2.
 
@@ -78,6 +80,9 @@ class Smoothing(Certifier):
 
     name = "smoothing"
     norms = ("l2",)
+    #: certifies the smoothed classifier with probability 1 - alpha, not the defense's own Monte-Carlo
+    #: vote: an attack may rightly break what it certified
+    sound = False
 
     def __init__(self, *, n0: int = 100, n: int = 1000, alpha: float = 0.001, batch: int = 1000, seed: int = 0) -> None:
         self.n0 = positive_int("smoothing", "n0", n0)
@@ -87,6 +92,10 @@ class Smoothing(Certifier):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise RobenchError(f"smoothing: seed must be an integer, got {seed!r}")
         self.seed = seed
+
+    def budget(self, threat: ThreatModel) -> int:
+        """Its noisy forward passes per example: the selection and the estimation draws."""
+        return self.n0 + self.n
 
     def check_norm(self, threat: ThreatModel) -> None:
         if threat.norm != "l2":

@@ -33,6 +33,17 @@ HANDLED = "handled:"
 #: Examples the probe checks attack: enough to see a gap of ~10 points, cheap enough to cost about a
 #: second per (defense, epsilon) on the digits CNN.
 PROBE_EXAMPLES = 32
+#: on a randomized defense, where every probe prediction is a vote over draws and gradients are EOT
+#: averages: half as many examples
+RANDOMIZED_PROBE_EXAMPLES = 16
+#: EOT draws per gradient in the probes of a randomized defense: fewer than a suite's (the probes
+#: ask "is something off?", cheaply)
+PROBE_EOT_SAMPLES = 4
+
+
+def probe_examples(randomized: bool) -> int:
+    """How many clean-correct examples a probe unit samples."""
+    return RANDOMIZED_PROBE_EXAMPLES if randomized else PROBE_EXAMPLES
 
 #: unbounded_attack_fails fires when the gradient attack or SPSA at an epsilon covering the whole
 #: data range leaves more than this fraction of the probe examples robust (1 of 32 passes).
@@ -88,7 +99,6 @@ class Probe:
     target: nn.Module
     attack_target: nn.Module
     undefended: nn.Module | None
-    whitebox_robust: float | None
     x: Tensor
     y: Tensor
     ids: Tensor
@@ -145,7 +155,6 @@ def probe_checks(
     threat: ThreatModel,
     seed: int,
     max_batch: int = 4096,
-    whitebox_robust: float | None = None,
     clean_correct: Tensor | None = None,
     ids: Tensor | None = None,
     n_examples: int = PROBE_EXAMPLES,
@@ -156,9 +165,7 @@ def probe_checks(
     ``target`` is the defended model as evaluated (it decides every prediction); ``attack_target``
     is what gradient attacks differentiate (the BPDA/EOT-adapted target, or ``target`` itself);
     ``undefended`` is the model without the defense, the surrogate of the transfer check (None, or
-    ``target`` itself, skips that check). ``whitebox_robust``, the main run's white-box robust
-    accuracy, is only quoted in the transfer detail: the comparison itself is paired, on the probe
-    sample. ``clean_correct`` (per row of ``x``) saves a forward pass when the caller has it;
+    ``target`` itself, skips that check). ``clean_correct`` (per row of ``x``) saves a forward pass when the caller has it;
     ``ids`` (per row, default the row positions) key the per-example seeds. The sample is a seeded
     choice that does not depend on ``threat``, so every epsilon probes the same examples.
     """
@@ -182,7 +189,7 @@ def probe_checks(
         if len(candidates) > n_examples:
             order = torch.randperm(len(candidates), generator=rng.torch_generator(rng.derive_seed(seed, "diagnostics", defense)))
             candidates = candidates[order[:n_examples].to(device)].sort().values
-        probe = Probe(defense, threat, target, attack_target, undefended, whitebox_robust, x[candidates], y[candidates],
+        probe = Probe(defense, threat, target, attack_target, undefended, x[candidates], y[candidates],
                        ids[candidates.cpu()], seed, draws, max_batch, pgd_steps)
         found: list[Diagnostic] = []
         for c in checks:
@@ -344,6 +351,4 @@ def _transfer_beats_whitebox(probe: Probe) -> Finding:
         f"{whitebox_only}; sign test p={p:.2g}); fires when transfer breaks more than {TRANSFER_EXCESS:.0%} more "
         f"with p < {ALPHA}"
     )
-    if probe.whitebox_robust is not None:
-        detail += f"; the main run's white-box robust accuracy: {probe.whitebox_robust:.3f}"
     return probe.finding(fired, detail)
