@@ -44,14 +44,14 @@ def unit_budget(ctx: Context, unit: Unit) -> int:
         return n * (getattr(certifier, "n0", 0) + getattr(certifier, "n", 0))
     labels = list(ctx.attacks) if unit.is_cascade else [unit.attack]
     threat = ctx.threats[float(unit.epsilon)]
-    card = ctx.cards.get(unit.defense)
+    randomized = unit.defense in ctx.cards and ctx.tags(unit.defense).randomized
     total = 0
     for label in labels:
         if label not in ctx.attacks:
             continue
         spec, attack = ctx.attacks[label]
         per_example = attack.budget(threat) or UNKNOWN_BUDGET
-        if card is not None and card.randomized and not attack.gradient_free and spec.adaptive:
+        if randomized and not attack.gradient_free and spec.adaptive:
             from robench.units import DEFAULT_EOT_SAMPLES
 
             per_example *= spec.eot_samples or DEFAULT_EOT_SAMPLES
