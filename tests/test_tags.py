@@ -109,7 +109,7 @@ def test_a_nested_randomized_block_gets_the_majority_vote_and_eot(tmp_path):
 
 
 def test_tags_are_read_once_per_run_and_the_model_is_left_as_it_was(tmp_path):
-    model = _nested()
+    model = _nested().train()  # handed over in training mode: attacked in eval mode, handed back as it came
     x, y = _data(model)
     suite = write_suite(tmp_path, TINY_SUITE)
     card = tmp_path / "none-flagged.toml"
@@ -122,6 +122,6 @@ def test_tags_are_read_once_per_run_and_the_model_is_left_as_it_was(tmp_path):
     assert Jitter.reads == 2  # one walk of the tree per defense, however many units read the tags
     assert {name: module.__dict__ for name, module in model.named_modules()} == before
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    assert not hasattr(model, "differentiable") and not hasattr(model, "randomized")
+    assert not hasattr(model, "differentiable") and not hasattr(model, "randomized") and model.training
     flagged = evaluation.examples[evaluation.examples["defense"] == "none-flagged"]
     assert (flagged["draws"] == PREDICTION_DRAWS).all()
