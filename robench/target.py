@@ -189,9 +189,10 @@ class Preprocessed(nn.Module):
     """``model(transform(x))``: the common shape of input-transformation defenses.
 
     Most defenses broken by Athalye, Carlini & Wagner (2018) have this shape, with a ``transform``
-    whose gradient is zero or useless. Inside :func:`bpda_backward` a non-differentiable block
-    (one of the target's ``non_differentiable`` tag: declared so, or by its card) computes the exact ``transform(x)`` on the forward pass and backpropagates through ``bpda(x)``,
-    so predictions stay honest while gradients become useful.
+    whose gradient is zero or useless. Inside :func:`bpda_backward` a non-differentiable block (in
+    the target's ``non_differentiable`` tag: declared so, or made so by its card) computes the exact
+    ``transform(x)`` on the forward pass and backpropagates through ``bpda(x)``, so predictions
+    stay honest while gradients become useful.
     """
 
     differentiable = True

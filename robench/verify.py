@@ -5,7 +5,8 @@ the threat model's ball (within 1e-6) and in the data bounds, is finite, and a f
 misclassifies it. For a randomized target (by its tags, which the caller computed once, with its
 card's flags; from the module tree when not given), the prediction is the majority over ``draws``
 forward passes (ties count as correct: the attacker must win outright). Forwards run in chunks of
-``robench.batching.chunk_rows`` rows unless the caller says otherwise, like every other forward. :func:`attack_and_verify` is the
+``robench.batching.chunk_rows`` rows unless the caller says otherwise, like every other forward.
+:func:`attack_and_verify` is the
 only path from an attack to a counted break: work units and diagnostic probes both take it.
 """
 from __future__ import annotations

@@ -2,7 +2,8 @@
 Robustness via Randomized Smoothing", Sec. 3.2, CERTIFY) for the gaussian-noise defense.
 
 The target must declare its base classifier and noise level as a ``gaussian_smoothing`` tag (a
-``robench.tags.GaussianSmoothing``, as ``robench.defenses.noise.GaussianNoiseVote`` does). Per example: ``n0`` noisy copies
+``robench.tags.GaussianSmoothing``, as ``robench.defenses.noise.GaussianNoiseVote`` does). Per
+example: ``n0`` noisy copies
 x + N(0, sigma^2 I) select the top class c_A, ``n`` fresh copies count its votes n_A,
 p_lower = the one-sided (1 - alpha) Clopper-Pearson lower bound Beta(alpha; n_A, n - n_A + 1),
 and the radius is sigma * Phi^-1(p_lower). The example is certified when c_A == y, p_lower > 1/2

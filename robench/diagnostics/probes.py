@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from robench import rng
 from robench.attacks.base import Attack
+from robench.batching import chunk_rows
 from robench.diagnostics.registry import ALPHA, Diagnostic, Finding, check, registered
 from robench.errors import RobenchError
 from robench.registry import attacks
@@ -153,7 +154,7 @@ def probe_checks(
     y: Tensor,
     threat: ThreatModel,
     seed: int,
-    max_batch: int = 4096,
+    max_batch: int | None = None,
     whitebox_robust: float | None = None,
     clean_correct: Tensor | None = None,
     ids: Tensor | None = None,
@@ -178,6 +179,7 @@ def probe_checks(
     device = next((p.device for p in target.parameters()), x.device)
     tags = target_tags(target) if tags is None else tags
     draws = PREDICTION_DRAWS if tags.randomized else 1
+    max_batch = chunk_rows(x) if max_batch is None else max_batch
     x, y = x.to(device), y.to(device)
     ids = torch.arange(len(x)) if ids is None else ids.detach().cpu().long()
     if len(ids) != len(x) or len(y) != len(x):
@@ -212,14 +214,14 @@ def unbounded_threat(threat: ThreatModel, shape: tuple[int, ...]) -> ThreatModel
     return ThreatModel(threat.norm, epsilon, threat.bounds)
 
 
-def input_gradient_norms(target: nn.Module, x: Tensor, y: Tensor, *, max_batch: int = 4096) -> tuple[Tensor, str]:
+def input_gradient_norms(target: nn.Module, x: Tensor, y: Tensor, *, max_batch: int | None = None) -> tuple[Tensor, str]:
     """Per-row L2 norm of the cross-entropy loss's input gradient (NaN where it is not finite).
 
     Returns zeros, with the reason, when the output does not depend on the input through autograd
     (a ``no_grad`` or NumPy step inside the target) or autograd fails.
     """
     try:
-        _, grad, _ = loss_and_gradient(target, x, y, max_batch=max_batch)
+        _, grad, _ = loss_and_gradient(target, x, y, max_batch=chunk_rows(x) if max_batch is None else max_batch)
     except NoGradient as exc:
         return torch.zeros(len(x), device=x.device), str(exc)
     except RuntimeError as exc:
