@@ -20,8 +20,8 @@ UNKNOWN_BUDGET = 1
 def _attack_budget(ctx: Context, unit: Unit, label: str) -> int:
     spec, attack = ctx.attacks[label]
     per_example = attack.budget(ctx.threats[float(unit.epsilon)]) or UNKNOWN_BUDGET
-    card = ctx.cards.get(unit.defense)
-    if card is not None and card.randomized and not attack.gradient_free and spec.adaptive:
+    randomized = unit.defense in ctx.cards and ctx.tags(unit.defense).randomized
+    if randomized and not attack.gradient_free and spec.adaptive:
         per_example *= eot_draws(spec.eot_samples)
     return per_example
 
@@ -32,8 +32,7 @@ def unit_budget(ctx: Context, unit: Unit) -> int:
     if unit.kind is UnitKind.PROBES:
         from robench.diagnostics import probe_budget
 
-        card = ctx.cards.get(unit.defense)
-        return probe_budget(n, randomized=bool(card is not None and card.randomized))
+        return probe_budget(n, randomized=unit.defense in ctx.cards and ctx.tags(unit.defense).randomized)
     if unit.kind is UnitKind.CERTIFY:
         _, certifier = ctx.certifiers[unit.method]
         # 0 marks a unit whose cost the budget does not measure (a solver's time): progress says so

@@ -158,9 +158,11 @@ def load_builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    from robench.zoo import MODEL_MODULES
-
-    for module in (*_BUILTIN_MODULES, *MODEL_MODULES):
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    # the zoo lists its model modules itself; imported by name, as plugins are (the registries sit
+    # below everything that registers into them)
+    for module in importlib.import_module("robench.zoo").MODEL_MODULES:
         importlib.import_module(module)
     from importlib.metadata import entry_points
 

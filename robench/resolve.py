@@ -29,6 +29,7 @@ from robench.registry import attacks as attack_registry
 from robench.registry import defenses as defense_registry
 from robench.registry import models as model_registry
 from robench.spec import EvalConfig, resolve_device
+from robench.tags import Declared, TargetTags, target_tags, with_overrides
 from robench.target import Normalized, check_logits, describe_inputs, input_kind, supports_input
 from robench.threat import ThreatModel
 
@@ -151,11 +152,14 @@ def build_defense(card: DefenseCard, model: nn.Module, data: Dataset) -> nn.Modu
     target = call_factory(factory, f"defense {card.name!r} ({card.factory})", model, **params)
     if not isinstance(target, nn.Module):
         raise RobenchError(f"defense {card.name!r}: factory {card.factory!r} returned {type(target).__name__}, not an nn.Module")
-    if card.differentiable is not None:
-        target.differentiable = card.differentiable
-    if card.randomized is not None:
-        target.randomized = card.randomized
     return target.eval()
+
+
+def card_overrides(card: DefenseCard) -> dict[str, bool]:
+    """A card's explicit flags: they win over what the defense's module tree declares, in its tags
+    only (nothing is written onto the module, which may be the user's own model)."""
+    return {name: value for name, value in (("differentiable", card.differentiable), ("randomized", card.randomized))
+            if value is not None}
 
 
 def attacked_model(card: DefenseCard, model_name: str) -> str:
@@ -246,12 +250,29 @@ class Context:
     #: label -> (CertifySpec, certifier) of the suite's [[certify]] tables
     certifiers: dict[str, tuple[CertifySpec, Certifier]] = field(default_factory=dict)
     _targets: dict[str, nn.Module] = field(default_factory=dict)
+    _tags: dict[str, TargetTags] = field(default_factory=dict)
+    _views: dict[str, nn.Module] = field(default_factory=dict)
 
     def target(self, defense: str) -> nn.Module:
         """The defended target, built on first use (a Ray worker builds only the ones it attacks)."""
         if defense not in self._targets:
             self._targets[defense] = build_defense(self.cards[defense], self.model, self.data).to(self.device)
         return self._targets[defense]
+
+    def tags(self, defense: str) -> TargetTags:
+        """The defended target's tags (its whole module tree, its card's flags winning), computed
+        once: every reader of a run gets them from here."""
+        if defense not in self._tags:
+            target = self.target(defense)
+            self._tags[defense] = with_overrides(target_tags(target), target, card_overrides(self.cards[defense]))
+        return self._tags[defense]
+
+    def attack_target(self, defense: str) -> nn.Module:
+        """The target as attacks see it: a ``Declared`` view carrying its tags, so an attack that
+        reads them (SPSA's loss draws) gets the card's flags without a walk of the tree."""
+        if defense not in self._views:
+            self._views[defense] = Declared(self.target(defense), self.tags(defense)).eval()
+        return self._views[defense]
 
     @property
     def gradient_free(self) -> list[str]:

@@ -31,7 +31,7 @@ from robench.console import one_line
 from robench.resolve import Context, build_context
 from robench.schema import EXAMPLE_COLUMNS
 from robench.spec import EvalConfig
-from robench.target import is_randomized, reseed
+from robench.target import reseed
 from robench.verify import PREDICTION_DRAWS, attack_and_verify, predict_correct, verify
 
 log = logging.getLogger(__name__)
@@ -60,20 +60,22 @@ def clean_predictions(ctx: Context, unit: Unit) -> tuple[Tensor, Tensor, int]:
     Seeded by (defense, shard) alone, so every attack and epsilon of a shard agrees on which
     examples were correct to begin with.
     """
-    target = ctx.target(unit.defense)
+    target, tags = ctx.target(unit.defense), ctx.tags(unit.defense)
     _reseed(ctx, unit, "clean", target)
-    draws = PREDICTION_DRAWS if is_randomized(target) else 1
+    draws = PREDICTION_DRAWS if tags.randomized else 1
     x = ctx.x[unit.start:unit.stop].to(ctx.device)
     y = ctx.y[unit.start:unit.stop].to(ctx.device)
-    correct, margin = predict_correct(target, x, y, draws=draws, max_batch=ctx.max_batch)
+    correct, margin = predict_correct(target, x, y, draws=draws, max_batch=ctx.max_batch, tags=tags)
     return correct.cpu(), margin.cpu(), draws
 
 
-def gradient_view(target: nn.Module, attack: Attack, spec: AttackSpec) -> nn.Module:
-    """Gradient attacks see BPDA/EOT gradients where the target masks or randomizes them."""
-    if attack.gradient_free or not spec.adaptive or not needs_adaptation(target):
-        return target
-    return adaptive_target(target, eot_samples=eot_draws(spec.eot_samples))
+def gradient_view(ctx: Context, defense: str, attack: Attack, spec: AttackSpec) -> nn.Module:
+    """Gradient attacks see BPDA/EOT gradients where the target's tags say it masks or randomizes
+    them; every attack sees the target's tags (``Context.attack_target``)."""
+    tags = ctx.tags(defense)
+    if attack.gradient_free or not spec.adaptive or not needs_adaptation(ctx.target(defense), tags):
+        return ctx.attack_target(defense)
+    return adaptive_target(ctx.target(defense), eot_samples=eot_draws(spec.eot_samples), tags=tags)
 
 
 def example_rows(ctx: Context, unit: Unit, label: str, columns: dict[str, object], seconds: float) -> pd.DataFrame:
@@ -113,8 +115,8 @@ def _attack_rows(ctx: Context, unit: Unit, label: str, given: Tensor, clean_corr
         xs, ys = x[todo].to(ctx.device), y[todo].to(ctx.device)
         seeds = rng.example_seeds(ctx.config.seed, seed_key, ids[todo]).to(ctx.device)
         result, check = attack_and_verify(attack, target, xs, ys, threat, seeds=seeds,
-                                          attack_target=gradient_view(target, attack, spec), draws=draws,
-                                          max_batch=ctx.max_batch)
+                                          attack_target=gradient_view(ctx, unit.defense, attack, spec), draws=draws,
+                                          max_batch=ctx.max_batch, tags=ctx.tags(unit.defense))
         broken[todo] = check.broken.cpu()
         found[todo] = check.broken.cpu()
         rejected[todo] = check.rejected.cpu()
@@ -187,7 +189,8 @@ def run_certify_unit(ctx: Context, unit: Unit) -> UnitResult:
         xs, ys = x[todo].to(ctx.device), y[todo].to(ctx.device)
         seeds = rng.example_seeds(ctx.config.seed, unit.seed_key, ids[todo]).to(ctx.device)
         result = certifier.certify(target, xs, ys, threat, seeds=seeds)
-        check = verify(target, xs, result.counterexample, ys, threat, draws=draws, max_batch=ctx.max_batch)
+        check = verify(target, xs, result.counterexample, ys, threat, draws=draws, max_batch=ctx.max_batch,
+                       tags=ctx.tags(unit.defense))
         proposed = (result.status == COUNTEREXAMPLE).cpu()
         confirmed = proposed & check.broken.cpu()
         broken[todo] = confirmed
@@ -220,13 +223,14 @@ def run_probe_unit(ctx: Context, unit: Unit) -> UnitResult:
     threat = ctx.threats[unit.epsilon]
     clean_correct, _, _ = clean_predictions(ctx, unit)
     _reseed(ctx, unit, f"probe|{unit.seed_key}", target)
-    randomized = is_randomized(target)
-    attack_target = target
-    if needs_adaptation(target):
+    tags = ctx.tags(unit.defense)
+    randomized = tags.randomized
+    attack_target = ctx.attack_target(unit.defense)
+    if needs_adaptation(target, tags):
         # EOT with fewer draws than the suite's: the probes ask "is something off?", cheaply
-        attack_target = adaptive_target(target, eot_samples=PROBE_EOT_SAMPLES if randomized else 1)
+        attack_target = adaptive_target(target, eot_samples=PROBE_EOT_SAMPLES if randomized else 1, tags=tags)
     found = probe_checks(
-        defense=unit.defense, target=target, attack_target=attack_target, undefended=ctx.model,
+        defense=unit.defense, target=target, tags=tags, attack_target=attack_target, undefended=ctx.model,
         x=ctx.x[clean_correct].to(ctx.device), y=ctx.y[clean_correct].to(ctx.device), threat=threat,
         ids=ctx.ids[clean_correct], clean_correct=torch.ones(int(clean_correct.sum()), dtype=torch.bool),
         seed=rng.derive_seed(ctx.config.seed, unit.seed_key), max_batch=ctx.max_batch,

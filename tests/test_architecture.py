@@ -68,9 +68,9 @@ def _is_type_checking(test: ast.expr) -> bool:
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("robench.errors", "robench.schema", "robench.stats", "robench.rng", "robench.hyperparameters", "robench.io",
      "robench.console", "robench.table"),
-    ("robench.threat", "robench.target"),
+    ("robench.tags", "robench.threat", "robench.target"),
     ("robench.registry", "robench.cards", "robench.data", "robench.arrays", "robench.verify", "robench.batching",
-     "robench.catalog"),
+     "robench.catalog", "robench.method", "robench.discover"),
     ("robench.attacks", "robench.defenses", "robench.zoo", "robench.diagnostics", "robench.certify", "robench.risk"),
     ("robench.spec", "robench.resolve", "robench.plan", "robench.units", "robench.assemble", "robench.store",
      "robench.executors", "robench.budget", "robench.progress"),
@@ -84,7 +84,8 @@ def layer_of(module: str, layers: tuple[tuple[str, ...], ...] = LAYERS) -> int |
     best: tuple[int, int] | None = None
     for index, prefixes in enumerate(layers):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+            # the package itself ("robench", its __init__) is placed by name only, not as a prefix
+            if (module == prefix or (prefix != "robench" and module.startswith(prefix + "."))) and (best is None or len(prefix) > best[1]):
                 best = (index, len(prefix))
     return None if best is None else best[0]
 

@@ -1,8 +1,9 @@
 """Randomized-smoothing certification (Cohen, Rosenfeld, Kolter 2019, "Certified Adversarial
 Robustness via Randomized Smoothing", Sec. 3.2, CERTIFY) for the gaussian-noise defense.
 
-The target must expose its base classifier and noise level as ``model`` and ``sigma`` (as
-``robench.defenses.noise.GaussianNoiseVote`` does). Per example: ``n0`` noisy copies
+The target must declare its base classifier and noise level as a ``gaussian_smoothing`` tag (a
+``robench.tags.GaussianSmoothing``, as ``robench.defenses.noise.GaussianNoiseVote`` does). Per
+example: ``n0`` noisy copies
 x + N(0, sigma^2 I) select the top class c_A, ``n`` fresh copies count its votes n_A,
 p_lower = the one-sided (1 - alpha) Clopper-Pearson lower bound Beta(alpha; n_A, n - n_A + 1),
 and the radius is sigma * Phi^-1(p_lower). The example is certified when c_A == y, p_lower > 1/2
@@ -31,6 +32,7 @@ from robench.certify.base import (
 from robench.errors import RobenchError
 from robench.registry import certifiers
 from robench.rng import derive_seed
+from robench.tags import target_tags
 from robench.threat import ThreatModel
 
 
@@ -47,11 +49,13 @@ def certified_radius(p_lower: float, sigma: float) -> float:
 
 
 def smoothed_parts(target: nn.Module, who: str = "smoothing") -> tuple[nn.Module, float]:
-    model, sigma = getattr(target, "model", None), getattr(target, "sigma", None)
-    if not isinstance(model, nn.Module) or isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise RobenchError(f"{who} certifies the gaussian-noise defense (a module with a base classifier .model and a "
-                           f"noise level .sigma > 0, like GaussianNoiseVote); {type(target).__name__} has none")
-    return model, float(sigma)
+    """The base classifier and noise level of the target's ``smoothing`` tag."""
+    parts = target_tags(target).smoothing
+    sigma = None if parts is None else parts.sigma
+    if parts is None or isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise RobenchError(f"{who} certifies the gaussian-noise defense (a module declaring gaussian_smoothing: a base "
+                           f"classifier and a noise level > 0, like GaussianNoiseVote); {type(target).__name__} has none")
+    return parts.base, float(sigma)
 
 
 @torch.no_grad()
