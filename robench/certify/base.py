@@ -105,6 +105,11 @@ class Certifier(Hyperparameters):
         time are none (0: a unit whose cost the budget does not measure; progress says so)."""
         return 0
 
+    def example_target(self, model: nn.Module) -> nn.Module:
+        """What this certifier is checked on when handed a plain network (``robench.testing``):
+        the network itself; a certifier of a particular defense wraps it in that defense."""
+        return model
+
     def check_norm(self, threat: ThreatModel) -> None:
         if not self.supports(threat.norm):
             raise RobenchError(f"{self.name} certifies {' and '.join(self.norms)} balls only, not {threat.norm}")

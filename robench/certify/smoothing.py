@@ -97,6 +97,12 @@ class Smoothing(Certifier):
             raise RobenchError(f"smoothing: seed must be an integer, got {seed!r}")
         self.seed = seed
 
+    def example_target(self, model: nn.Module) -> nn.Module:
+        """The gaussian-noise defense around ``model``: what smoothing certifies."""
+        from robench.defenses.noise import GaussianNoiseVote
+
+        return GaussianNoiseVote(model, sigma=0.25, votes=64, seed=0).eval()
+
     def budget(self, threat: ThreatModel) -> int:
         """Its noisy forward passes per example: the selection and the estimation draws."""
         return self.n0 + self.n
