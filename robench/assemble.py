@@ -30,6 +30,16 @@ class Evaluation:
     adversarial: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _discovered(ctx: Context, defense: str) -> list[str]:
+    """What robench found by running the defense's target and handled (``robench.discover``; the
+    same in every process: it runs on the first examples with a fixed seed). A defense that could
+    not be built has its failed units to show instead."""
+    try:
+        return list(ctx.tags(defense).discovered)
+    except Exception:  # noqa: BLE001 - recorded by the failed units of that defense
+        return []
+
+
 def assemble(ctx: Context, results: list[UnitResult], started: float, executor: str) -> Evaluation:
     """Put finished units together, in plan order, into the output tables."""
     attack_rows = [normalize_rows(r.rows) for r in results if r.rows is not None and r.unit.kind is not UnitKind.PROBES]
@@ -50,7 +60,8 @@ def assemble(ctx: Context, results: list[UnitResult], started: float, executor: 
         "dataset": {"name": ctx.data.name, "fingerprint": ctx.data.fingerprint, "input_shape": list(ctx.data.input_shape),
                     "n_test": len(ctx.data.x_test), "n_examples": len(ctx.x)},
         "model": {"name": ctx.config.model, "meta": getattr(ctx.model, "robench_meta", {})},
-        "defenses": [{**asdict(c), "model": ctx.models.get(c.name, ctx.config.model)} for c in ctx.cards.values()],
+        "defenses": [{**asdict(c), "model": ctx.models.get(c.name, ctx.config.model), "discovered": _discovered(ctx, c.name)}
+                     for c in ctx.cards.values()],
         "suite": {"name": ctx.suite.name, "source": ctx.suite.source,
                   "attacks": [{"label": label, "attack": spec.attack, "repr": repr(a),
                                "gradient_free": a.gradient_free} for label, (spec, a) in ctx.attacks.items()],

@@ -29,7 +29,8 @@ from robench.registry import attacks as attack_registry
 from robench.registry import defenses as defense_registry
 from robench.registry import models as model_registry
 from robench.spec import EvalConfig, resolve_device
-from robench.tags import Declared, TargetTags, target_tags, with_overrides
+from robench.discover import DISCOVERY_EXAMPLES, Findings, discover
+from robench.tags import Declared, TargetTags, target_tags, with_findings, with_overrides
 from robench.target import Normalized, check_logits, describe_inputs, input_kind, supports_input
 from robench.threat import ThreatModel
 
@@ -264,8 +265,22 @@ class Context:
         once: every reader of a run gets them from here."""
         if defense not in self._tags:
             target = self.target(defense)
-            self._tags[defense] = with_overrides(target_tags(target), target, card_overrides(self.cards[defense]))
+            overrides = card_overrides(self.cards[defense])
+            tags = with_overrides(target_tags(target), target, overrides)
+            self._tags[defense] = with_findings(tags, self._discover(target, tags, overrides))
         return self._tags[defense]
+
+    def _discover(self, target: nn.Module, tags: TargetTags, overrides: dict[str, bool]) -> Findings:
+        """Run the target to find what it does not declare (``robench.discover``): randomness where
+        neither its blocks nor its card say it is randomized, gradient cuts where nothing declares
+        it non-differentiable. A card's explicit flag is the user's word: nothing is looked for."""
+        look_for_randomness = not tags.randomized and "randomized" not in overrides
+        look_for_cuts = tags.differentiable and "differentiable" not in overrides
+        if not (look_for_randomness or look_for_cuts):
+            return Findings()
+        x = self.x[:DISCOVERY_EXAMPLES].to(self.device)
+        y = self.y[:DISCOVERY_EXAMPLES].to(self.device)
+        return discover(target, x, y, max_batch=self.max_batch, randomness=look_for_randomness, gradients=look_for_cuts)
 
     def attack_target(self, defense: str) -> nn.Module:
         """The target as attacks see it: a ``Declared`` view carrying its tags, so an attack that

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from robench.errors import RobenchError
+
+if TYPE_CHECKING:
+    from robench.discover import Findings, GradientCut
 
 #: the flags a defense card may override
 OVERRIDABLE = ("differentiable", "randomized")
@@ -50,6 +54,11 @@ class TargetTags:
     non_differentiable: tuple[nn.Module, ...] = field(default=(), repr=False)
     #: set when the target is a Gaussian-smoothed classifier (``gaussian_smoothing``)
     smoothing: GaussianSmoothing | None = field(default=None, repr=False)
+    #: places inside the target that cut its input gradient, found by running it
+    #: (``robench.discover``): gradient attacks backpropagate through the identity there
+    gradient_cuts: tuple[GradientCut, ...] = ()
+    #: what robench found by running the target and now handles (sentences for run.json and the report)
+    discovered: tuple[str, ...] = ()
 
     @property
     def stacks_draws(self) -> bool:
@@ -119,6 +128,17 @@ def target_tags(target: nn.Module, overrides: Mapping[str, bool | None] | None =
         smoothing=smoothing if isinstance(smoothing, GaussianSmoothing) else None,
     )
     return _overlay(tags, target, wanted)
+
+
+def with_findings(tags: TargetTags, findings: Findings) -> TargetTags:
+    """``tags`` with what running the target showed: randomness it did not declare (its draws are
+    not assumed independent per row, so they are never stacked), and the places that cut its input
+    gradient."""
+    if findings.randomized and not tags.randomized:
+        tags = replace(tags, randomized=True, independent_rows=False)
+    if findings.gradient_cuts:
+        tags = replace(tags, gradient_cuts=tuple(findings.gradient_cuts))
+    return replace(tags, discovered=tuple(findings.describe())) if findings.describe() else tags
 
 
 def with_overrides(tags: TargetTags, root: nn.Module, overrides: Mapping[str, bool | None]) -> TargetTags:

@@ -143,3 +143,33 @@ def test_discovery_is_deterministic(inputs):
     model = Wrapped("round").eval()
     y = model(inputs).argmax(1)
     assert discover(model, inputs, y, max_batch=64) == discover(model, inputs, y, max_batch=4)
+
+
+def test_a_run_finds_what_a_plain_callable_hides_and_handles_it(tmp_path):
+    """End to end: robench.evaluate on models that declare nothing. The noisy one is verified by
+    the 15-draw majority and its gradient attacks use EOT; the rounded one gets BPDA at the cut;
+    run.json says both; a plain model gets neither."""
+    import robench
+    from robench_testing import TINY_SUITE, write_suite
+
+    suite = write_suite(tmp_path, TINY_SUITE)
+    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    plain = small_cnn().eval()
+    with torch.no_grad():
+        y = plain(x).argmax(1)
+    cases = {"noisy": Noisy(), "rounded": Wrapped("round"), "plain": plain}
+    for name, model in cases.items():
+        model.eval()
+        evaluation = robench.evaluate(model, x, y, suite=suite, epsilons=(0.1,), diagnostics=False, progress=False)
+        found = evaluation.run["defenses"][0]["discovered"]
+        examples = evaluation.examples
+        if name == "noisy":
+            assert found and "randomized" in found[0]
+            assert set(examples["draws"]) == {15}, "a found randomized target is judged by the majority vote"
+            pgd = examples[(examples["attack"] == "pgd") & examples["attacked"]]
+            assert (pgd["queries"] % 10 == 0).all(), "EOT: each gradient costs 10 draws"
+        elif name == "rounded":
+            assert found and "input gradient cut" in found[0]
+            assert set(examples["draws"]) == {1}
+        else:
+            assert found == [] and set(examples["draws"]) == {1}

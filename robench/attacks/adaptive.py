@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from robench.errors import RobenchError
 from robench.batching import chunk_rows
+from robench.discover import straight_through_at
 from robench.tags import TargetTags, target_tags
 from robench.target import Preprocessed, bpda_backward, repeat_rows, straight_through
 
@@ -52,9 +53,10 @@ def eot_draws(requested: int | None) -> int:
 
 
 def needs_adaptation(target: nn.Module, tags: TargetTags | None = None) -> bool:
-    """True if the target (by its ``tags``; default: its tree's) is non-differentiable or randomized."""
+    """True if the target (by its ``tags``; default: its tree's) is non-differentiable, randomized,
+    or cuts its input gradient at places robench found (``tags.gradient_cuts``)."""
     tags = target_tags(target) if tags is None else tags
-    return not tags.differentiable or tags.randomized
+    return not tags.differentiable or tags.randomized or bool(tags.gradient_cuts)
 
 
 def _bpda_modules(tags: TargetTags) -> list[nn.Module]:
@@ -98,6 +100,8 @@ class AdaptiveTarget(nn.Module):
         self._independent_rows = tags.independent_rows
         self._blocks = tags.non_differentiable if self.uses_bpda else ()
         self._hooked = _bpda_modules(tags) if self.uses_bpda else []
+        #: found by running the target (robench.discover): identity backward there
+        self._cuts = tags.gradient_cuts
         #: without EOT a row costs one target row: batch sizes are the target's (robench.batching)
         # (kept out of the module tree: a plain attribute, not a second registration of the target)
         self.__dict__["probe_as"] = target if self.eot_samples == 1 else None
@@ -113,9 +117,9 @@ class AdaptiveTarget(nn.Module):
                           queries_per_row=self.eot_samples)
 
     def _draw(self, x: Tensor) -> Tensor:
-        if not self.uses_bpda:
+        if not self.uses_bpda and not self._cuts:
             return self.target(x)
-        with bpda_backward(self._blocks), _bpda_hooks(self._hooked):
+        with bpda_backward(self._blocks), _bpda_hooks(self._hooked), straight_through_at(self.target, self._cuts):
             return self.target(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -141,7 +145,8 @@ class AdaptiveTarget(nn.Module):
         return total / self.eot_samples
 
     def extra_repr(self) -> str:
-        return f"bpda={self.uses_bpda}, eot_samples={self.eot_samples}, stacked={self.stacked}"
+        cuts = f", gradient_cuts={len(self._cuts)}" if self._cuts else ""
+        return f"bpda={self.uses_bpda}, eot_samples={self.eot_samples}, stacked={self.stacked}{cuts}"
 
 
 def adaptive_target(target: nn.Module, *, eot_samples: int = EOT_SAMPLES, tags: TargetTags | None = None) -> nn.Module:
