@@ -138,6 +138,9 @@ def evaluate(
         sys.exit(130)
     progress.close()
     click.echo(summary_table(evaluation.results))
+    for card in evaluation.run["defenses"]:
+        for finding in card.get("discovered") or ():
+            click.echo(f"found: {card['name']}: {finding}")
     fired = evaluation.diagnostics[evaluation.diagnostics["fired"].astype(bool)] if len(evaluation.diagnostics) else evaluation.diagnostics
     for row in fired.itertuples():
         click.echo(f"warning: {row.defense} eps={row.epsilon:g}: {row.check}: {row.detail}")
