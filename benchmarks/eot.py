@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 
 import torch
 
 from robench.attacks.adaptive import adaptive_target
 from robench.data import load_dataset
 from robench.resolve import build_defense, defense_cards, load_model
+from robench.tags import target_tags
 from robench.verify import predict_correct
 from timing import median_seconds
 
@@ -41,20 +43,16 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f}, {args.threads} thread(s)")
     data = load_dataset(args.dataset)
     target = build_defense(defense_cards((args.defense,), data)[0], load_model(args.model, data).eval(), data).eval()
-    blocks = [m for m in target.modules() if getattr(m, "randomized", False)]
-    if not blocks or not all(getattr(m, "independent_rows", False) for m in blocks):
+    tags = target_tags(target)
+    if not tags.stacks_draws:
         raise SystemExit(f"{args.defense} does not declare independent_rows: nothing to compare")
     x = torch.as_tensor(data.x_test[: args.n]).float()
     y = torch.as_tensor(data.y_test[: args.n]).long()
 
-    def set_stacked(on: bool) -> None:
-        for m in blocks:
-            m.independent_rows = on
-
     rows = {}
     for stacked in (True, False):
-        set_stacked(stacked)
-        eot = adaptive_target(target, eot_samples=args.eot)
+        as_declared = replace(tags, independent_rows=stacked)  # per draw: as if the blocks had not declared it
+        eot = adaptive_target(target, eot_samples=args.eot, tags=as_declared)
 
         def gradient() -> None:
             inp = x.detach().requires_grad_(True)
@@ -63,9 +61,8 @@ def main() -> None:
         with torch.no_grad():
             mean_logp = torch.stack([eot(x).gather(1, y[:, None]).mean() for _ in range(20)])
         rows[stacked] = (median_seconds(gradient, args.repeats),
-                         median_seconds(lambda: predict_correct(target, x, y, draws=args.draws), args.repeats),
+                         median_seconds(lambda: predict_correct(target, x, y, draws=args.draws, tags=as_declared), args.repeats),
                          float(mean_logp.mean()), float(mean_logp.std() / 20**0.5))
-    set_stacked(True)
     for name, i in (("EOT gradient", 0), ("majority vote", 1)):
         print(f"{name:14s} stacked {rows[True][i]:.3f} s, per draw {rows[False][i]:.3f} s: {rows[False][i] / rows[True][i]:.1f}x")
     (a, sa), (b, sb) = rows[True][2:], rows[False][2:]

@@ -68,7 +68,9 @@ def evaluate(
     directory (results.csv, ..., report.html). ``normalize=(mean, std)`` (per channel) wraps a
     model that expects normalized inputs; the threat model stays in pixel space. ``progress``
     prints progress in model queries to stderr (a bar on a terminal, a line every 30 s otherwise);
-    by default only in interactive use (a REPL, a notebook or a terminal).
+    by default only in interactive use (a REPL, a notebook or a terminal). ``model`` is left as it
+    was (robench writes no flag onto it; its train/eval modes are restored), except that it stays on
+    ``device``.
     """
     if not isinstance(model, nn.Module):
         raise RobenchError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -87,10 +89,13 @@ def evaluate(
                         max_batch=max_batch, diagnostics=diagnostics,
                         normalize=None if normalize is None else (tuple(map(float, normalize[0])), tuple(map(float, normalize[1]))))
     shown = Progress(enabled=interactive() if progress is None else bool(progress))
+    modes = [(module, module.training) for module in model.modules()]
     try:
         evaluation = evaluate_config(config, model=model, data=data, on_unit=shown.update, on_plan=shown.start)
     finally:
         shown.close()
+        for module, training in modes:  # attacked in eval mode; handed back in the mode it came in
+            module.training = training
     if out is not None:
         from robench.output import prepare_out_dir, write_evaluation
 

@@ -25,7 +25,8 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from robench.target import is_randomized, probe_target
+from robench.tags import target_tags
+from robench.target import probe_target
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def fastest_batch_size(
     # a wrapper that forwards to one target per row (BPDA) is probed and cached as that target, so
     # a fresh wrapper per work unit does not pay for a new probe each time
     target = probe_target(target)
-    if is_randomized(target):
+    if target_tags(target).randomized:
         # a randomized defense's draws depend on the batch an example runs in: a size chosen by
         # timing would make its numbers vary from run to run, so it gets a fixed one
         return min(RANDOMIZED_BATCH, limit) if limit is not None else RANDOMIZED_BATCH

@@ -1,62 +1,44 @@
 """Estimated model queries of each work unit: what progress counts and the cost warning weighs.
 
-An attack says the most forward rows one example can cost (``Attack.budget``); a unit's budget is
-that times its examples, times the EOT draws its gradients average on a randomized defense. Early
-stopping makes real runs cheaper, never dearer, so the remaining budget over the rate measured so
-far is an honest upper estimate of the time left. These numbers steer progress output only; no
-result depends on them.
+Every method says what it costs: an attack or a certifier the most model queries one example can
+cost (``budget(threat)``, robench.method), the probes their own sum (``diagnostics.probe_budget``).
+This module only adds the declarations up: times the unit's examples, times the EOT draws a
+gradient attack averages on a randomized defense. Early stopping makes real runs cheaper, never
+dearer, so the remaining budget over the rate measured so far is an honest upper estimate of the
+time left. These numbers steer progress output only; no result depends on them.
 """
 from __future__ import annotations
 
-from robench.plan import Unit
+from robench.attacks.adaptive import eot_draws
+from robench.plan import Unit, UnitKind
 from robench.resolve import Context
 
-#: attacks that cannot say (a foolbox class without a ``steps`` parameter): one step per example
+#: methods that cannot say (a foolbox class without a ``steps`` parameter): one step per example
 UNKNOWN_BUDGET = 1
 
 
-def probe_budget() -> int:
-    """Queries per probe example of the diagnostics, from their own constants (a generous sum)."""
-    from robench.diagnostics import checklist, probes
-
-    from robench.attacks.decision import HopSkipJump
-
-    hsj = HopSkipJump(**checklist.HSJ).budget(None)  # type: ignore[arg-type]  (its budget ignores the threat)
-    pgd = probes.PGD_STEPS + 1
-    return (probes.UNBOUNDED_PGD_STEPS + probes.UNBOUNDED_SPSA["steps"] * (probes.UNBOUNDED_SPSA["samples"] + 1)
-            + pgd * (1 + probes.CONVERGENCE_FACTOR) + pgd  # base, longer, transfer
-            + 2 * probes.RANDOMNESS_PASSES + 2 + checklist.RANDOM_SEARCH_SAMPLES + hsj
-            + 4 * checklist.FD_PAIRS + 2 + pgd * (checklist.RESTARTS + len(checklist.STEP_FACTORS))
-            + pgd * checklist.TARGET_CLASSES)
+def _attack_budget(ctx: Context, unit: Unit, label: str) -> int:
+    spec, attack = ctx.attacks[label]
+    per_example = attack.budget(ctx.threats[float(unit.epsilon)]) or UNKNOWN_BUDGET
+    randomized = unit.defense in ctx.cards and ctx.tags(unit.defense).randomized
+    if randomized and not attack.gradient_free and spec.adaptive:
+        per_example *= eot_draws(spec.eot_samples)
+    return per_example
 
 
 def unit_budget(ctx: Context, unit: Unit) -> int:
     """Estimated queries of ``unit`` (see the module docstring)."""
-    n = unit.stop - unit.start
-    if unit.is_probe:
-        from robench.diagnostics import PROBE_EXAMPLES
+    n = unit.n_examples
+    if unit.kind is UnitKind.PROBES:
+        from robench.diagnostics import probe_budget
 
-        return min(n, PROBE_EXAMPLES) * probe_budget()
-    if unit.attack in ctx.certifiers:
-        _, certifier = ctx.certifiers[unit.attack]
-        # smoothing's noisy forward passes are queries; bound propagation and a solver's time are
-        # not: 0 marks a unit whose cost the budget does not measure (progress says so)
-        return n * (getattr(certifier, "n0", 0) + getattr(certifier, "n", 0))
-    labels = list(ctx.attacks) if unit.is_cascade else [unit.attack]
-    threat = ctx.threats[float(unit.epsilon)]
-    card = ctx.cards.get(unit.defense)
-    total = 0
-    for label in labels:
-        if label not in ctx.attacks:
-            continue
-        spec, attack = ctx.attacks[label]
-        per_example = attack.budget(threat) or UNKNOWN_BUDGET
-        if card is not None and card.randomized and not attack.gradient_free and spec.adaptive:
-            from robench.units import DEFAULT_EOT_SAMPLES
-
-            per_example *= spec.eot_samples or DEFAULT_EOT_SAMPLES
-        total += per_example
-    return n * max(total, 1)
+        return probe_budget(n, randomized=unit.defense in ctx.cards and ctx.tags(unit.defense).randomized)
+    if unit.kind is UnitKind.CERTIFY:
+        _, certifier = ctx.certifiers[unit.method]
+        # 0 marks a unit whose cost the budget does not measure (a solver's time): progress says so
+        return n * (certifier.budget(ctx.threats[float(unit.epsilon)]) or 0)
+    labels = list(ctx.attacks) if unit.kind is UnitKind.CASCADE else [unit.method]
+    return n * max(sum(_attack_budget(ctx, unit, label) for label in labels), 1)
 
 
 def budgets(ctx: Context, units: list[Unit]) -> dict[str, int]:

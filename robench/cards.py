@@ -52,7 +52,8 @@ class AttackSpec:
 
 @dataclass(frozen=True)
 class CertifySpec:
-    """A ``[[certify]]`` table of a suite: a certifier (``method``) and its parameters."""
+    """A ``[[certify]]`` table of a suite: a certifier (``method``: a registered name, a
+    ``package.module:Class``, or a ``file.py:Class`` found beside the card) and its parameters."""
 
     method: str
     label: str
@@ -141,6 +142,19 @@ def _beside_card(factory: str, where: str) -> str:
     return f"{beside}:{attribute}" if Path(where).is_file() and beside.is_file() else factory
 
 
+def _method_beside_card(method: str, where: str) -> str:
+    """A ``file.py:Class`` certifier is the file beside the card, never one in the current
+    directory (a card names code to run; its code travels with it). Absolute paths and module
+    references are left as written."""
+    module, _, attribute = method.rpartition(":")
+    if not module.endswith(".py") or Path(module).is_absolute():
+        return method
+    if not Path(where).is_file():
+        raise RobenchError(f"suite card {where}: certifier {method!r} names a file relative to the card, but the card "
+                           "is not a file; give the file's absolute path")
+    return f"{(Path(where).resolve().parent / module)}:{attribute}"
+
+
 def _labelled_tables(data: dict[str, Any], kind: str, schema: dict[str, Any], where: str):
     """Each ``[[attack]]`` or ``[[certify]]`` table, checked, with where it is and its label
     (default: the name of what it runs, ``attack`` or ``method``)."""
@@ -150,7 +164,7 @@ def _labelled_tables(data: dict[str, Any], kind: str, schema: dict[str, Any], wh
         if not isinstance(entry, dict):
             raise RobenchError(f"{at}: each [[{kind}]] must be a table")
         _check_keys(entry, schema, at, (named_by,))
-        label = entry.get("label", entry[named_by])
+        label = entry.get("label", str(entry[named_by]).rpartition(":")[2])  # a reference: its callable's name
         if not _NAME.match(label):
             raise RobenchError(f"{at}: label {label!r} must be letters, digits, '.', '_', '+' or '-'")
         yield at, entry, label
@@ -169,7 +183,7 @@ def parse_suite_card(data: dict[str, Any], where: str) -> SuiteCard:
                                 adaptive=entry.get("adaptive", True), eot_samples=eot))
     certifiers: list[CertifySpec] = []
     for _, entry, label in _labelled_tables(data, "certify", CERTIFY_KEYS, where):
-        certifiers.append(CertifySpec(entry["method"], label, dict(entry.get("params", {}))))
+        certifiers.append(CertifySpec(_method_beside_card(entry["method"], where), label, dict(entry.get("params", {}))))
     if not specs and not certifiers:
         raise RobenchError(f"suite card {where}: lists no attacks; add at least one [[attack]] table")
     labels = [s.label for s in specs] + [c.label for c in certifiers]
@@ -183,17 +197,21 @@ def parse_suite_card(data: dict[str, Any], where: str) -> SuiteCard:
 
 
 #: the environment variable that names extra card folders (os.pathsep-separated), each holding
-#: defenses/ and attacks/; ``robench evaluate --cards DIR`` adds to it
+#: defenses/ and attacks/; ``robench evaluate`` reads it once, into the configuration's ``card_dirs``
 CARDS_ENV = "ROBENCH_CARDS"
 
 
-def card_dirs(kind: str) -> list[Path]:
-    """Where named cards are looked up: the folders the user named (``$ROBENCH_CARDS``, or
-    ``--cards DIR``), then robench's own. Never the current directory by default: a card names code
-    to run, and a card that merely lies in the folder one works in was not named by the user."""
-    dirs: list[Path] = []
-    if os.environ.get(CARDS_ENV):
-        dirs += [Path(p) / kind for p in os.environ[CARDS_ENV].split(os.pathsep) if p]
+def env_card_dirs() -> tuple[str, ...]:
+    """The folders ``$ROBENCH_CARDS`` names, as absolute paths."""
+    return tuple(str(Path(p).resolve()) for p in os.environ.get(CARDS_ENV, "").split(os.pathsep) if p)
+
+
+def card_dirs(kind: str, folders: tuple[str, ...] = ()) -> list[Path]:
+    """Where named cards are looked up: the folders the user named (``folders``: ``--cards DIR``,
+    the configuration's ``card_dirs``; then ``$ROBENCH_CARDS``), then robench's own. Never the
+    current directory by default: a card names code to run, and a card that merely lies in the
+    folder one works in was not named by the user."""
+    dirs: list[Path] = [Path(p) / kind for p in (*folders, *env_card_dirs())]
     dirs.append(Path(__file__).resolve().parent.parent / kind)  # the source tree (an editable install)
     dirs.append(Path(sys.prefix) / "share" / "robench" / kind)  # a wheel's copy (setup.cfg data_files)
     unique: list[Path] = []
@@ -203,9 +221,9 @@ def card_dirs(kind: str) -> list[Path]:
     return unique
 
 
-def _named_cards(kind: str) -> dict[str, Path]:
+def _named_cards(kind: str, folders: tuple[str, ...] = ()) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for directory in card_dirs(kind):
+    for directory in card_dirs(kind, folders):
         for path in sorted(directory.glob("*.toml")):
             found.setdefault(path.stem, path)
     return found
@@ -215,28 +233,28 @@ def _looks_like_path(spec: str) -> bool:
     return spec.endswith(".toml") or os.sep in spec or "/" in spec
 
 
-def load_defense_card(spec: str) -> DefenseCard:
-    """``spec`` is a card path, or the name of a card in a card directory."""
+def load_defense_card(spec: str, folders: tuple[str, ...] = ()) -> DefenseCard:
+    """``spec`` is a card path, or the name of a card in a card directory (``card_dirs``)."""
     if _looks_like_path(spec):
         return parse_defense_card(_read_toml(Path(spec)), spec)
-    cards = _named_cards("defenses")
+    cards = _named_cards("defenses", folders)
     if spec in cards:
         return parse_defense_card(_read_toml(cards[spec]), str(cards[spec]))
     raise RobenchError(f"unknown defense {spec!r}{did_you_mean(spec, list(cards))}; or give the path of a card")
 
 
-def load_suite_card(spec: str) -> SuiteCard:
+def load_suite_card(spec: str, folders: tuple[str, ...] = ()) -> SuiteCard:
     if _looks_like_path(spec):
         return parse_suite_card(_read_toml(Path(spec)), spec)
-    cards = _named_cards("attacks")
+    cards = _named_cards("attacks", folders)
     if spec in cards:
         return parse_suite_card(_read_toml(cards[spec]), str(cards[spec]))
     raise RobenchError(f"unknown suite {spec!r}{did_you_mean(spec, list(cards))}; or give the path of a card")
 
 
-def all_defense_cards(*, default_only: bool = False) -> list[DefenseCard]:
+def all_defense_cards(*, default_only: bool = False, folders: tuple[str, ...] = ()) -> list[DefenseCard]:
     """Every defense card found; ``default_only`` drops cards with ``default = false``."""
-    cards = [parse_defense_card(_read_toml(p), str(p)) for p in _named_cards("defenses").values()]
+    cards = [parse_defense_card(_read_toml(p), str(p)) for p in _named_cards("defenses", folders).values()]
     return [c for c in cards if c.default or not default_only]
 
 

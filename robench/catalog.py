@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 CATALOG = Path(__file__).with_name("catalog.json")
-SECTIONS = ("datasets", "models", "defense factories", "attacks")
+SECTIONS = ("datasets", "models", "defense factories", "attacks", "certifiers")
 
 
 def _threats(entry: Any) -> str:
@@ -21,9 +21,14 @@ def _threats(entry: Any) -> str:
     return f"  [default eps: {', '.join(f'{n} {e:g}' for n, e in epsilons.items())}]" if epsilons else ""
 
 
+def _norms(entry: Any) -> str:
+    norms = getattr(entry.factory, "norms", ())
+    return f"  [{', '.join(norms)}{'' if getattr(entry.factory, 'sound', True) else '; not sound'}]" if norms else ""
+
+
 def build() -> dict[str, list[list[str]]]:
     """The sections from the live registries (imports torch and the built-in modules)."""
-    from robench.registry import attacks, datasets, defenses, load_builtins, models
+    from robench.registry import attacks, certifiers, datasets, defenses, load_builtins, models
 
     load_builtins()
     return {
@@ -31,6 +36,7 @@ def build() -> dict[str, list[list[str]]]:
         "models": [[e.name, e.description] for e in models.entries()],
         "defense factories": [[e.name, e.description] for e in defenses.entries()],
         "attacks": [[e.name, e.description] for e in attacks.entries()],
+        "certifiers": [[e.name, e.description + _norms(e)] for e in certifiers.entries()],
     }
 
 

@@ -93,14 +93,12 @@ def evaluate(
 
     norm = norm.strip().lower()
     normalization = parse_normalization(normalize) if normalize else None
-    if card_dirs:
-        from robench.cards import CARDS_ENV
+    from robench.cards import env_card_dirs
 
-        for folder in card_dirs:
-            if not Path(folder).is_dir():
-                raise RobenchError(f"--cards {folder}: no such folder; give a folder holding defenses/ and attacks/ cards")
-        named = os.pathsep.join(str(Path(d).resolve()) for d in card_dirs)
-        os.environ[CARDS_ENV] = os.pathsep.join(p for p in (named, os.environ.get(CARDS_ENV, "")) if p)
+    for folder in card_dirs:
+        if not Path(folder).is_dir():
+            raise RobenchError(f"--cards {folder}: no such folder; give a folder holding defenses/ and attacks/ cards")
+    folders = tuple(dict.fromkeys((*(str(Path(d).resolve()) for d in card_dirs), *env_card_dirs())))
     if threads is not None:
         import torch
 
@@ -118,7 +116,7 @@ def evaluate(
         dataset=dataset, model=model, defenses=tuple(defenses), suite=suite, norm=norm,
         epsilons=tuple(epsilons), n_examples=n_examples, seed=seed, device=device, max_batch=max_batch,
         shard_size=shard_size, diagnostics=not no_diagnostics,
-        normalize=normalization,
+        normalize=normalization, card_dirs=folders,
     )
     store = RunStore(out_dir) if out_dir is not None else None
     progress = Progress(enabled=not quiet)
@@ -140,6 +138,9 @@ def evaluate(
         sys.exit(130)
     progress.close()
     click.echo(summary_table(evaluation.results))
+    for card in evaluation.run["defenses"]:
+        for finding in card.get("discovered") or ():
+            click.echo(f"found: {card['name']}: {finding}")
     fired = evaluation.diagnostics[evaluation.diagnostics["fired"].astype(bool)] if len(evaluation.diagnostics) else evaluation.diagnostics
     for row in fired.itertuples():
         click.echo(f"warning: {row.defense} eps={row.epsilon:g}: {row.check}: {row.detail}")
@@ -159,7 +160,7 @@ def evaluate(
 @main.command("list")
 @friendly_errors
 def list_command() -> None:
-    """Show registered data sets, models, defense factories, defense cards, attacks and suites."""
+    """Show registered data sets, models, defense factories, defense cards, attacks, certifiers and suites."""
     from robench import catalog
     from robench.cards import all_defense_cards, load_suite_card, suite_card_names
 
@@ -174,7 +175,9 @@ def list_command() -> None:
         section(title, [(name, text) for name, text in registered[title]])
     section("defenses (cards)", [(c.name, f"{c.factory} {c.params or ''}  {c.paper}".strip()) for c in all_defense_cards()])
     section("attacks", [(name, text) for name, text in registered["attacks"]] + [("foolbox.<Class>", "any foolbox attack by class name")])
-    section("suites", [(n, ", ".join(s.label for s in load_suite_card(n).attacks)) for n in suite_card_names()])
+    section("certifiers", [(name, text) for name, text in registered["certifiers"]])
+    section("suites", [(n, ", ".join(s.label for s in (*load_suite_card(n).attacks, *load_suite_card(n).certifiers)))
+                       for n in suite_card_names()])
 
 
 def _missing_folders(path: Path) -> list[Path]:

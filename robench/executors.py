@@ -51,13 +51,23 @@ class LocalExecutor:
             on_result(item, work(item))
 
 
-def _call_in_worker(work: Callable[[Any], Any], item: Any) -> Any:
+def _as_caller(workdir: str | None) -> None:
+    """A worker reads relative paths (a ``file.py:callable``, an ``.npz``, a card) as the caller
+    does: from the caller's working directory, where the worker's machine has it."""
+    import os
+
     torch.set_num_threads(1)  # one task per core: Ray schedules the parallelism
+    if workdir and os.path.isdir(workdir) and os.getcwd() != workdir:
+        os.chdir(workdir)
+
+
+def _call_in_worker(work: Callable[[Any], Any], item: Any, workdir: str | None = None) -> Any:
+    _as_caller(workdir)
     return work(item)
 
 
-def _warm_in_worker(warm: Callable[[], Any]) -> None:
-    torch.set_num_threads(1)
+def _warm_in_worker(warm: Callable[[], Any], workdir: str | None = None) -> None:
+    _as_caller(workdir)
     warm()
 
 
@@ -65,7 +75,9 @@ class RayExecutor:
     """Items as Ray tasks (``pip install robench[ray]``): a local instance, or a cluster at ``address``.
 
     A task asks for one CPU, and one GPU when ``gpus`` is set. ``work`` is shipped to the workers
-    once (``ray.put``); it must be picklable (a module-level function, or a partial of one).
+    once (``ray.put``); it must be picklable (a module-level function, or a partial of one). Workers
+    import the code this process runs and read relative paths from its working directory
+    (``_same_code_env``, ``_as_caller``); everything else they need travels in ``work`` itself.
     """
 
     def __init__(self, address: str | None, *, gpus: int = 0) -> None:
@@ -78,6 +90,9 @@ class RayExecutor:
         self.gpus = gpus
         self.started_here = False
         self._warming: list[Any] = []
+        import os
+
+        self.workdir = os.getcwd()
 
     def _start(self) -> None:
         """Start a local Ray instance or connect to ``address``, unless this process already has."""
@@ -103,7 +118,7 @@ class RayExecutor:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(num_cpus=1, num_gpus=self.gpus, max_retries=0)(_warm_in_worker)
         warm_ref = ray.put(warm)
-        self._warming = [task.remote(warm_ref) for _ in range(cpus)]
+        self._warming = [task.remote(warm_ref, self.workdir) for _ in range(cpus)]
 
     def map(self, work: Callable[[Item], Result], items: Sequence[Item],
             on_result: Callable[[Item, Result | BaseException], None]) -> None:
@@ -116,7 +131,7 @@ class RayExecutor:
             # a task lost with its worker process runs once more elsewhere before it counts as failed
             task = ray.remote(num_cpus=1, num_gpus=self.gpus, max_retries=1, retry_exceptions=False)(_call_in_worker)
             work_ref = ray.put(work)
-            pending = {task.remote(work_ref, item): item for item in items}
+            pending = {task.remote(work_ref, item, self.workdir): item for item in items}
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:

@@ -92,7 +92,7 @@ class Progress:
             self.finished += step
             self.units_done += 1
             self.queries += result.queries
-            self.last = f"{unit.defense} eps={unit.epsilon:g} {unit.attack}"
+            self.last = f"{unit.defense} eps={unit.epsilon:g} {unit.name}"
         if self.bar is not None:
             elapsed = max(time.monotonic() - self.started, 1e-9)
             self.bar.set_postfix_str(f"unit {self.units_done}/{self.units}: {self.last} | {count(self.queries / elapsed)} queries/s sent",

@@ -1,4 +1,4 @@
-"""One registry per kind of thing (models, defenses, attacks, datasets).
+"""One registry per kind of thing (models, defenses, attacks, certifiers, datasets).
 
 A new attack or defense is one decorated factory; nothing else changes. Names that contain a
 colon (``package.module:callable``) are imported on demand: that is trusted user code, the only
@@ -140,12 +140,14 @@ def import_reference(reference: str, kind: str = "object") -> Callable[..., Any]
 models = Registry("model")
 defenses = Registry("defense factory")
 attacks = Registry("attack")
+certifiers = Registry("certifier")
 datasets = Registry("dataset")
 
 _BUILTIN_MODULES = (
     "robench.data",
     "robench.defenses",
     "robench.attacks",
+    "robench.certify",
 )
 _loaded = False
 
@@ -156,9 +158,11 @@ def load_builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    from robench.zoo import MODEL_MODULES
-
-    for module in (*_BUILTIN_MODULES, *MODEL_MODULES):
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    # the zoo lists its model modules itself; imported by name, as plugins are (the registries sit
+    # below everything that registers into them)
+    for module in importlib.import_module("robench.zoo").MODEL_MODULES:
         importlib.import_module(module)
     from importlib.metadata import entry_points
 

@@ -13,14 +13,14 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from robench.attacks.base import Attack
 from robench.batching import chunk_rows
-from robench.cards import AttackSpec, DefenseCard, SuiteCard, all_defense_cards, load_defense_card, load_suite_card
+from robench.cards import AttackSpec, CertifySpec, DefenseCard, SuiteCard, all_defense_cards, load_defense_card, load_suite_card
 from robench.data import Dataset, load_dataset, n_features, select_examples
 from robench.console import one_line
 from robench.errors import RobenchError
@@ -29,8 +29,13 @@ from robench.registry import attacks as attack_registry
 from robench.registry import defenses as defense_registry
 from robench.registry import models as model_registry
 from robench.spec import EvalConfig, resolve_device
+from robench.discover import DISCOVERY_EXAMPLES, Findings, discover
+from robench.tags import Declared, TargetTags, target_tags, with_findings, with_overrides
 from robench.target import Normalized, check_logits, describe_inputs, input_kind, supports_input
 from robench.threat import ThreatModel
+
+if TYPE_CHECKING:
+    from robench.certify import Certifier
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +153,14 @@ def build_defense(card: DefenseCard, model: nn.Module, data: Dataset) -> nn.Modu
     target = call_factory(factory, f"defense {card.name!r} ({card.factory})", model, **params)
     if not isinstance(target, nn.Module):
         raise RobenchError(f"defense {card.name!r}: factory {card.factory!r} returned {type(target).__name__}, not an nn.Module")
-    if card.differentiable is not None:
-        target.differentiable = card.differentiable
-    if card.randomized is not None:
-        target.randomized = card.randomized
     return target.eval()
+
+
+def card_overrides(card: DefenseCard) -> dict[str, bool]:
+    """A card's explicit flags: they win over what the defense's module tree declares, in its tags
+    only (nothing is written onto the module, which may be the user's own model)."""
+    return {name: value for name, value in (("differentiable", card.differentiable), ("randomized", card.randomized))
+            if value is not None}
 
 
 def attacked_model(card: DefenseCard, model_name: str) -> str:
@@ -162,15 +170,16 @@ def attacked_model(card: DefenseCard, model_name: str) -> str:
     return f"{card.name}({own})" if own else model_name
 
 
-def defense_cards(names: tuple[str, ...], data: Dataset) -> list[DefenseCard]:
-    """The named cards (each must fit the data), or the default set: every card that fits."""
+def defense_cards(names: tuple[str, ...], data: Dataset, folders: tuple[str, ...] = ()) -> list[DefenseCard]:
+    """The named cards (each must fit the data), or the default set: every card that fits
+    (named cards are looked up in ``folders`` first, then robench's own)."""
     kind = input_kind(data.input_shape)
     if names:
-        cards = [load_defense_card(spec) for spec in names]
+        cards = [load_defense_card(spec, folders) for spec in names]
         for card in cards:
             _require_inputs(defense_registry.entry(card.factory), f"defense {card.name!r} ({card.factory})", kind, data)
     else:
-        every = all_defense_cards(default_only=True)
+        every = all_defense_cards(default_only=True, folders=folders)
         cards = [c for c in every if supports_input(defense_registry.entry(c.factory).inputs, kind)]
         skipped = [c.name for c in every if c not in cards]
         if skipped:
@@ -198,18 +207,25 @@ def suite_attacks(suite: SuiteCard, config: EvalConfig, data: Dataset) -> dict[s
     return built
 
 
-def suite_certifiers(suite: SuiteCard, config: EvalConfig) -> dict[str, tuple[Any, Any]]:
-    """The suite's certifiers, built, each checked against the norm."""
+def suite_certifiers(suite: SuiteCard, config: EvalConfig, data: Dataset) -> dict[str, tuple[CertifySpec, Certifier]]:
+    """The suite's certifiers (registered, from a plugin, or ``file.py:Class`` beside the card),
+    built, each checked against the norm and the data's kind of input, as attacks are."""
     if not suite.certifiers:
         return {}
     from robench.certify import make_certifier
 
-    built = {}
+    built: dict[str, tuple[CertifySpec, Certifier]] = {}
+    kind = input_kind(data.input_shape)
     for spec in suite.certifiers:
         certifier = make_certifier(spec.method, **spec.params)
         if not certifier.supports(config.norm):
+            norms = tuple(getattr(certifier, "norms", ()))
             raise RobenchError(f"suite {suite.name!r}: certifier {spec.label!r} ({spec.method}) certifies "
-                               f"{' and '.join(certifier.norms)} balls only; use --norm {certifier.norms[0]} or drop it")
+                               f"{' and '.join(norms) or 'other'} balls only; "
+                               f"{f'use --norm {norms[0]} or drop it' if norms else 'drop it'}")
+        if not supports_input(certifier.inputs, kind):
+            raise RobenchError(f"suite {suite.name!r}: certifier {spec.label!r} supports {describe_inputs(certifier.inputs)}, "
+                               f"but data set {data.name!r} holds {describe_inputs((kind,))}; drop it from the suite")
         built[spec.label] = (spec, certifier)
     return built
 
@@ -233,14 +249,45 @@ class Context:
     #: per defense, what its rows call the model attacked
     models: dict[str, str] = field(default_factory=dict)
     #: label -> (CertifySpec, certifier) of the suite's [[certify]] tables
-    certifiers: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    certifiers: dict[str, tuple[CertifySpec, Certifier]] = field(default_factory=dict)
     _targets: dict[str, nn.Module] = field(default_factory=dict)
+    _tags: dict[str, TargetTags] = field(default_factory=dict)
+    _views: dict[str, nn.Module] = field(default_factory=dict)
 
     def target(self, defense: str) -> nn.Module:
         """The defended target, built on first use (a Ray worker builds only the ones it attacks)."""
         if defense not in self._targets:
             self._targets[defense] = build_defense(self.cards[defense], self.model, self.data).to(self.device)
         return self._targets[defense]
+
+    def tags(self, defense: str) -> TargetTags:
+        """The defended target's tags (its whole module tree, its card's flags winning), computed
+        once: every reader of a run gets them from here."""
+        if defense not in self._tags:
+            target = self.target(defense)
+            overrides = card_overrides(self.cards[defense])
+            tags = with_overrides(target_tags(target), target, overrides)
+            self._tags[defense] = with_findings(tags, self._discover(target, tags, overrides))
+        return self._tags[defense]
+
+    def _discover(self, target: nn.Module, tags: TargetTags, overrides: dict[str, bool]) -> Findings:
+        """Run the target to find what it does not declare (``robench.discover``): randomness where
+        neither its blocks nor its card say it is randomized, gradient cuts where nothing declares
+        it non-differentiable. A card's explicit flag is the user's word: nothing is looked for."""
+        look_for_randomness = not tags.randomized and "randomized" not in overrides
+        look_for_cuts = tags.differentiable and "differentiable" not in overrides
+        if not (look_for_randomness or look_for_cuts):
+            return Findings()
+        x = self.x[:DISCOVERY_EXAMPLES].to(self.device)
+        y = self.y[:DISCOVERY_EXAMPLES].to(self.device)
+        return discover(target, x, y, max_batch=self.max_batch, randomness=look_for_randomness, gradients=look_for_cuts)
+
+    def attack_target(self, defense: str) -> nn.Module:
+        """The target as attacks see it: a ``Declared`` view carrying its tags, so an attack that
+        reads them (SPSA's loss draws) gets the card's flags without a walk of the tree."""
+        if defense not in self._views:
+            self._views[defense] = Declared(self.target(defense), self.tags(defense)).eval()
+        return self._views[defense]
 
     @property
     def gradient_free(self) -> list[str]:
@@ -255,10 +302,10 @@ def build_context(config: EvalConfig, *, model: nn.Module | None = None, data: D
     if config.shard_size < 1:
         raise RobenchError(f"--shard-size must be >= 1, got {config.shard_size}")
     data = load_dataset(config.dataset) if data is None else data
-    cards = defense_cards(config.defenses, data)
-    suite = load_suite_card(config.suite)
+    cards = defense_cards(config.defenses, data, config.card_dirs)
+    suite = load_suite_card(config.suite, config.card_dirs)
     attacks = suite_attacks(suite, config, data)
-    certifiers = suite_certifiers(suite, config)
+    certifiers = suite_certifiers(suite, config, data)
     epsilons = config.epsilons or (data.default_epsilon(config.norm),)
     threats = {float(e): ThreatModel(config.norm, float(e), data.bounds) for e in epsilons}  # type: ignore[arg-type]
     config = replace(config, epsilons=tuple(threats))  # what run.json records: the epsilons that ran

@@ -12,7 +12,7 @@ from collections.abc import Collection
 import numpy as np
 import pandas as pd
 
-from robench.schema import KEYS, RESULT_COLUMNS, WORST_CASE
+from robench.schema import CERTIFIED, KEYS, NOT_CERTIFIED, RESULT_COLUMNS, STATUS_RANK, WORST_CASE
 from robench.stats import clopper_pearson
 
 __all__ = ["WORST_CASE", "KEYS", "clopper_pearson", "as_bool", "worst_case_examples", "worst_case", "summarize"]
@@ -43,33 +43,25 @@ def worst_case_examples(examples: pd.DataFrame, *, attacks: Collection[str] | No
     return worst
 
 
-#: certify_status by strength: the worst case of an example says the strongest answer any certifier gave
-STATUS_RANK = {"": 0, "unknown": 1, "counterexample": 2, "certified": 3}
-
-
-def _with_attacked(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows stored before the ``attacked`` and certification columns: every clean-correct example
-    was attacked, and no certifier ran."""
-    if "attacked" not in rows.columns:
-        rows = rows.assign(attacked=rows["clean_correct"])
-    if "certify_status" not in rows.columns:
-        rows = rows.assign(certify_status="", certified=False)
-    return rows.assign(certify_status=rows["certify_status"].fillna("").astype(str))
+def _status_text(rows: pd.DataFrame) -> pd.DataFrame:
+    """``certify_status`` as text: a CSV round trip reads the empty status (no certifier) as missing."""
+    return rows.assign(certify_status=rows["certify_status"].astype(object).fillna(NOT_CERTIFIED).astype(str))
 
 
 def worst_case(examples: pd.DataFrame) -> pd.DataFrame:
-    """Per (defense, epsilon, example): broken if any attack broke it; queries summed over attacks."""
-    attacked = _with_attacked(examples[examples["attack"] != WORST_CASE])
-    group = attacked.groupby([*KEYS, "example"], sort=False, dropna=False)
-    worst = group.agg(
+    """:func:`worst_case_examples` with the rows' other columns, for the results table: queries and
+    seconds summed over attacks, the closest break, the strongest certifier's answer."""
+    attacked = _status_text(examples[examples["attack"] != WORST_CASE])
+    worst = worst_case_examples(attacked).drop(columns="robust")
+    group = attacked.groupby([*KEYS, "example"], sort=False, dropna=False)  # the same groups, in the same order
+    rest = group.agg(
         label=("label", "first"),
-        clean_correct=("clean_correct", "first"),
-        broken=("broken", "max"),
         rejected=("rejected", "max"),
         attacked=("attacked", "max"),
         queries=("queries", "sum"),
         seconds=("seconds", "sum"),
-    ).reset_index()
+    ).reset_index(drop=True)
+    worst = pd.concat([worst, rest], axis=1)
     # distance and margin of the closest breaking proposal, else the smallest margin reached
     broken_rows = attacked[attacked["broken"]]
     min_distance = broken_rows.groupby([*KEYS, "example"], dropna=False)["distance"].min()
@@ -80,22 +72,20 @@ def worst_case(examples: pd.DataFrame) -> pd.DataFrame:
     rank = attacked["certify_status"].map(STATUS_RANK).fillna(0)
     best = rank.groupby([attacked[k] for k in (*KEYS, "example")], dropna=False).max()
     names = {v: k for k, v in STATUS_RANK.items()}
-    worst["certify_status"] = best.reindex(index).map(names).fillna("").to_numpy()
-    worst["certified"] = worst["certify_status"] == "certified"
+    worst["certify_status"] = best.reindex(index).map(names).fillna(NOT_CERTIFIED).to_numpy()
+    worst["certified"] = worst["certify_status"] == CERTIFIED
     worst["attack"] = WORST_CASE
     return worst[examples.columns.intersection(worst.columns, sort=False)]
 
 
 def summarize(examples: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """One row per (defense, epsilon, attack) plus the worst case, with intervals."""
-    if "certify_status" not in examples.columns:  # a table from before certifiers: none ran
-        examples = examples.assign(certify_status="")
-    examples = examples.assign(certify_status=examples["certify_status"].astype(object).fillna("").astype(str))
-    frames = [_with_attacked(examples[examples["attack"] != WORST_CASE]), worst_case(examples)]
+    examples = _status_text(examples)
+    frames = [examples[examples["attack"] != WORST_CASE], worst_case(examples)]
     rows = pd.concat(frames, ignore_index=True)
     rows["robust"] = rows["clean_correct"].astype(bool) & ~rows["broken"].astype(bool)
-    rows["own_certified"] = rows["certify_status"] == "certified"
-    rows["ran_certifier"] = rows["certify_status"] != ""
+    rows["own_certified"] = rows["certify_status"] == CERTIFIED
+    rows["ran_certifier"] = rows["certify_status"] != NOT_CERTIFIED
     group = rows.groupby([*KEYS, "attack"], sort=False, dropna=False)
     table = group.agg(
         n_examples=("example", "size"),

@@ -21,7 +21,7 @@ from robench.budget import WARN_SECONDS, budgets, estimated_seconds
 from robench.data import Dataset
 from robench.errors import RobenchError
 from robench.executors import Executor, make_executor
-from robench.plan import Unit, plan_units
+from robench.plan import Unit, UnitKind, plan_units
 from robench.console import one_line
 from robench.resolve import Context, build_context, fingerprints, validate_targets
 from robench.spec import EvalConfig, config_dict, resolve_device
@@ -134,7 +134,7 @@ def _warn_if_long(ctx: Context, todo: list[Unit], budget: dict[str, int]) -> Non
     """One warning before a run estimated (budget x the forward time measured now) to take long."""
     from robench.progress import count, duration
 
-    chosen = [u for u in todo if not u.is_probe]  # the suite's cost; the diagnostics' is the same for every run
+    chosen = [u for u in todo if u.kind is not UnitKind.PROBES]  # the suite's cost; the diagnostics' is the same for every run
     try:
         seconds = estimated_seconds(ctx, chosen, budget)
     except Exception:  # a target that fails here fails in its units, where the failure is recorded
@@ -145,5 +145,5 @@ def _warn_if_long(ctx: Context, todo: list[Unit], budget: dict[str, int]) -> Non
         log.warning("the suite's attacks may take up to about %s: %s model queries at most, at the forward speed measured just now "
                     "(the largest unit: %s eps=%g %s, %s); lower --n-examples or pick a smaller suite if that is more "
                     "than you meant", duration(seconds), count(sum(budget[u.store_key] for u in chosen)), heaviest.defense, heaviest.epsilon,
-                    heaviest.attack, count(budget.get(heaviest.store_key, 0)))
+                    heaviest.name, count(budget.get(heaviest.store_key, 0)))
 

@@ -1,4 +1,5 @@
-"""The run tables' schema: column names, the ``worst-case`` label, file names, and the one reader.
+"""The run tables' schema: column names, their kinds and dtypes, the certify-status vocabulary,
+the ``worst-case`` label, file names, and the one reader.
 
 Every module that writes or reads a run table (units, risk, diagnostics, store, output, reports,
 gate) takes its names from here, so a column is renamed in one place and a table read from disk
@@ -13,6 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from robench.errors import RobenchError
+
+# The files of a run directory (robench evaluate --out DIR)
+RESULTS, EXAMPLES, RUN = "results.csv", "examples.csv", "run.json"
+DIAGNOSTICS, ADVERSARIAL, REPORT = "diagnostics.csv", "adversarial.npz", "report.html"
+PLAN, UNITS = "plan.json", "units"
 
 #: the pseudo-attack that holds the per-example worst case over a suite's attacks
 WORST_CASE = "worst-case"
@@ -40,28 +46,60 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "robust", "rejected", "queries_mean", "seconds", "attacked",
     "certified", "certified_accuracy", "certified_accuracy_low", "certified_accuracy_high", "unknown_fraction",
 )
-#: what a reader of results.csv needs at least (older runs may lack the rest)
-RESULT_REQUIRED: tuple[str, ...] = (
-    "defense", "epsilon", "attack", "n_examples", "clean_accuracy",
-    "robust_accuracy", "robust_accuracy_low", "robust_accuracy_high",
-)
-#: what a reader of examples.csv needs at least
-EXAMPLE_REQUIRED: tuple[str, ...] = ("defense", "epsilon", "attack", "example", "clean_correct", "broken")
+#: what a reader of results.csv needs (every column robench writes)
+RESULT_REQUIRED: tuple[str, ...] = RESULT_COLUMNS
+#: what a reader of examples.csv needs (every column examples.csv holds)
+EXAMPLE_REQUIRED: tuple[str, ...] = EXAMPLE_FILE_COLUMNS
 
 #: diagnostics.csv: one row per gradient-masking check run on a (defense, epsilon)
 DIAGNOSTIC_COLUMNS: tuple[str, ...] = ("defense", "epsilon", "check", "fired", "detail")
 DIAGNOSTIC_REQUIRED: tuple[str, ...] = ("defense", "epsilon", "check", "fired")
 
+#: certify_status: what a certifier answered for an example; empty where no certifier ran
+CERTIFIED, COUNTEREXAMPLE, UNKNOWN, NOT_CERTIFIED = "certified", "counterexample", "unknown", ""
+CERTIFY_STATUSES: tuple[str, ...] = (NOT_CERTIFIED, CERTIFIED, COUNTEREXAMPLE, UNKNOWN)
+#: how much a status says about an example, least first: the worst case over certifiers keeps the most
+STATUS_RANK: dict[str, int] = {NOT_CERTIFIED: 0, UNKNOWN: 1, COUNTEREXAMPLE: 2, CERTIFIED: 3}
+
+#: what each kind of column must hold (``robench.reports.rundir.validate_table`` checks it)
+NAME, COUNT, RATE, EPSILON, AMOUNT, NUMBER, FLAG = "name", "count", "rate", "epsilon", "amount", "number", "flag"
+#: free text, possibly empty (a diagnostic's detail; certify_status, checked against CERTIFY_STATUSES)
+TEXT = "text"
+#: a kind ending in "?" may also be empty (a column only some rows fill, e.g. a certifier's)
+OPTIONAL = "?"
+#: per table: column -> kind (columns a table lacks are not checked; ``required`` is read_table's)
+#: and the columns that identify a row (no two rows may share them)
+TABLE_TYPES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    RESULTS: ({
+        "defense": NAME, "model": NAME, "dataset": NAME, "norm": NAME, "attack": NAME, "epsilon": EPSILON,
+        "n_examples": COUNT, "robust": COUNT, "rejected": COUNT, "attacked": COUNT,
+        **{f"{rate}{end}": RATE for rate in ("clean_accuracy", "robust_accuracy", "adversarial_risk")
+           for end in ("", "_low", "_high")},
+        "queries_mean": AMOUNT, "seconds": AMOUNT,
+        "certified": COUNT + OPTIONAL, "unknown_fraction": NUMBER,
+        **{f"certified_accuracy{end}": RATE + OPTIONAL for end in ("", "_low", "_high")},
+    }, (*KEYS, "attack")),
+    EXAMPLES: ({
+        "defense": NAME, "model": NAME, "dataset": NAME, "norm": NAME, "attack": NAME, "epsilon": EPSILON,
+        "example": COUNT, "label": COUNT, "queries": COUNT, "draws": COUNT,
+        "clean_correct": FLAG, "broken": FLAG, "rejected": FLAG, "attacked": FLAG, "certified": FLAG,
+        "distance": NUMBER, "margin": NUMBER, "seconds": AMOUNT, "certify_status": TEXT,
+    }, (*KEYS, "attack", "example")),
+    DIAGNOSTICS: ({  # no identity: a check may give one row per model or data set of a (defense, epsilon)
+        "defense": NAME, "check": NAME, "epsilon": EPSILON, "fired": FLAG, "detail": TEXT,
+    }, ()),
+}
+
+#: the dtype a column of each kind has in memory (an optional count is float: it may be missing)
+KIND_DTYPES: dict[str, type] = {NAME: str, TEXT: str, COUNT: int, RATE: float, EPSILON: float, AMOUNT: float,
+                                NUMBER: float, FLAG: bool}
+
 #: columns that hold names, kept as text whatever they look like (a defense called "1" stays "1")
-TEXT_COLUMNS: tuple[str, ...] = ("defense", "model", "dataset", "norm", "attack", "check", "detail", "certify_status")
+TEXT_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(
+    column for kinds, _ in TABLE_TYPES.values() for column, kind in kinds.items() if kind in (NAME, TEXT)))
 
 #: adversarial.npz: a few verified adversarial examples per unit, for the report's grid
 ADVERSARIAL_ARRAYS: tuple[str, ...] = ("defense", "epsilon", "attack", "example", "x", "x_adv")
-
-# The files of a run directory (robench evaluate --out DIR)
-RESULTS, EXAMPLES, RUN = "results.csv", "examples.csv", "run.json"
-DIAGNOSTICS, ADVERSARIAL, REPORT = "diagnostics.csv", "adversarial.npz", "report.html"
-PLAN, UNITS = "plan.json", "units"
 
 
 def parse_rows(text: str) -> pd.DataFrame:
@@ -96,7 +134,6 @@ def read_table(path: str | Path, required: tuple[str, ...] = ()) -> pd.DataFrame
 
 
 def empty_diagnostics() -> pd.DataFrame:
-    """A diagnostics table with no rows, and the right columns and dtypes."""
-    return pd.DataFrame({"defense": pd.Series(dtype=str), "epsilon": pd.Series(dtype=float),
-                         "check": pd.Series(dtype=str), "fired": pd.Series(dtype=bool),
-                         "detail": pd.Series(dtype=str)})
+    """A diagnostics table with no rows, and the dtypes its columns' kinds give."""
+    kinds, _ = TABLE_TYPES[DIAGNOSTICS]
+    return pd.DataFrame({c: pd.Series(dtype=KIND_DTYPES[kinds[c]]) for c in DIAGNOSTIC_COLUMNS})

@@ -36,6 +36,9 @@ class EvalConfig:
     diagnostics: bool = True
     #: per-channel (mean, std) the model expects its inputs normalized by, applied inside the target
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: absolute folders holding defenses/ and attacks/ cards, looked up before robench's own
+    #: (``--cards``, ``$ROBENCH_CARDS``): carried here, so a Ray worker finds what the caller found
+    card_dirs: tuple[str, ...] = ()
 
 
 def config_dict(config: EvalConfig) -> dict[str, Any]:

@@ -3,14 +3,22 @@
 A target maps inputs in the data bounds to logits of shape (N, classes). Beyond that, robench
 reads only what this module defines:
 
-* **flags**: ``differentiable = False`` when its forward pass has no useful gradient (JPEG,
-  quantisation), so gradient attacks go through BPDA; ``randomized = True`` when two forward passes
-  of the same input may differ, so gradients use EOT and predictions use repeated draws. Read them
-  with :func:`is_differentiable` / :func:`is_randomized` (defaults True / False). A randomized
-  block may also declare ``independent_rows = True``: each row's randomness is drawn apart from
-  the other rows of the call, so one call on k stacked copies of a batch is k independent draws,
-  and EOT and the majority vote run them as one call (:func:`stacks_draws`; a block that draws
-  one parameter per call, shared by its rows, must leave it False, the default).
+* **tags**: what robench reads about a target is one frozen ``TargetTags``, computed once per
+  target by ``robench.tags.target_tags`` from the whole module tree (as scikit-learn's ``get_tags``)
+  and read everywhere else; nothing reads a flag off a module directly. Blocks declare flags as
+  attributes: ``differentiable = False`` when the block's forward pass has no useful gradient
+  (JPEG, quantisation), so gradient attacks go through BPDA; ``randomized = True`` when two
+  forward passes of the same input may differ, so gradients use EOT and predictions use repeated
+  draws. A target is randomized if *any* block in it declares ``randomized = True`` and not
+  differentiable if any declares ``differentiable = False``: a randomized block nested inside a
+  user's ``nn.Sequential`` counts. A randomized block may also declare ``independent_rows =
+  True``: each row's randomness is drawn apart from the other rows of the call, so one call on k
+  stacked copies of a batch is k independent draws, and EOT and the majority vote run them as one
+  call (a block that draws one parameter per call, shared by its rows, must leave it False).
+  A defense card's explicit ``differentiable`` / ``randomized`` are *overrides*: they win over the
+  tree and live only in the tags (``target_tags(module, overrides=...)``); nothing is ever
+  written onto a user's module. A wrapper that knows its tags whole (robench's EOT/BPDA view, a
+  ``Declared`` view) defines ``robench_tags()``, and the walk does not look inside it.
 * **BPDA stand-ins**: a :class:`Preprocessed` block's ``bpda(x)`` (a differentiable stand-in for
   its transform, identity by default) or any module's ``bpda_forward(x)`` (a stand-in for its
   whole forward pass); see ``robench.attacks.adaptive``.
@@ -18,8 +26,11 @@ reads only what this module defines:
   defines ``reseed(seed: int)``; :func:`reseed` restarts every such block at the start of a work
   unit, so results do not depend on what ran before in the same process.
 * **costs**: ``queries_per_row`` (target rows per forward row: EOT wrappers answer several draws
-  per row) and ``probe_as`` (the module whose timing a wrapper shares, for ``robench.batching``);
-  read them with :func:`queries_per_row` / :func:`probe_target`.
+  per row; a tag) and ``probe_as`` (the module whose timing a wrapper shares, for
+  ``robench.batching``); read them with :func:`queries_per_row` / :func:`probe_target`.
+* **smoothing**: a block that is a Gaussian-smoothed classifier declares ``gaussian_smoothing``
+  (a :class:`GaussianSmoothing`: its base classifier and noise level), the tag randomized
+  smoothing certifies.
 * **input kinds**: images (N x C x H x W) or sequences (N x C x L); attacks, defenses and models
   declare the kinds they support (:data:`ANY` for all), checked before a run starts.
 """
@@ -33,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from robench.errors import RobenchError
+from robench.tags import target_tags
 
 # -- input kinds ---------------------------------------------------------------------------
 
@@ -64,17 +76,13 @@ def describe_inputs(supported: Collection[str]) -> str:
 
 
 def is_differentiable(target: nn.Module) -> bool:
-    return bool(getattr(target, "differentiable", True))
+    """``target_tags(target).differentiable``, for external code (robench reads the tags it computed once)."""
+    return target_tags(target).differentiable
 
 
 def is_randomized(target: nn.Module) -> bool:
-    return bool(getattr(target, "randomized", False))
-
-
-def stacks_draws(target: nn.Module) -> bool:
-    """True if every randomized block in ``target`` declares ``independent_rows``: then k draws of
-    a batch may be one forward of the batch repeated k times (see :func:`repeat_rows`)."""
-    return all(bool(getattr(m, "independent_rows", False)) for m in target.modules() if is_randomized(m))
+    """``target_tags(target).randomized``, for external code (robench reads the tags it computed once)."""
+    return target_tags(target).randomized
 
 
 def repeat_rows(x: Tensor, copies: int) -> Tensor:
@@ -84,8 +92,10 @@ def repeat_rows(x: Tensor, copies: int) -> Tensor:
 
 
 def queries_per_row(target: nn.Module) -> int:
-    """Rows of the underlying target one forward row costs (an EOT wrapper: its draws)."""
-    return int(getattr(target, "queries_per_row", 1))
+    """Rows of the underlying target one forward row costs (an EOT view: its draws): the
+    ``queries_per_row`` tag, which only the root declares (no walk of the tree)."""
+    declare = getattr(target, "robench_tags", None)
+    return declare().queries_per_row if callable(declare) else int(getattr(target, "queries_per_row", 1))
 
 
 def probe_target(target: nn.Module) -> nn.Module:
@@ -141,21 +151,24 @@ def reseed(target: nn.Module, seed: int) -> None:
 
 # -- BPDA: straight-through gradients ------------------------------------------------------
 
-_BPDA_ACTIVE: ContextVar[bool] = ContextVar("robench_bpda_active", default=False)
+#: ids of the blocks that backpropagate through their stand-in in the current bpda_backward block
+_BPDA_BLOCKS: ContextVar[frozenset[int]] = ContextVar("robench_bpda_blocks", default=frozenset())
 
 
 @contextmanager
-def bpda_backward() -> Iterator[None]:
-    """Within this block, non-differentiable :class:`Preprocessed` blocks backpropagate through ``bpda``."""
-    token = _BPDA_ACTIVE.set(True)
+def bpda_backward(blocks: Collection[nn.Module]) -> Iterator[None]:
+    """Within this block, the :class:`Preprocessed` blocks among ``blocks`` (the target's
+    ``non_differentiable`` tag) backpropagate through ``bpda``."""
+    token = _BPDA_BLOCKS.set(frozenset(id(block) for block in blocks))
     try:
         yield
     finally:
-        _BPDA_ACTIVE.reset(token)
+        _BPDA_BLOCKS.reset(token)
 
 
-def bpda_active() -> bool:
-    return _BPDA_ACTIVE.get()
+def bpda_applies(block: nn.Module) -> bool:
+    """Whether ``block`` substitutes its BPDA stand-in now (see :func:`bpda_backward`)."""
+    return id(block) in _BPDA_BLOCKS.get()
 
 
 def straight_through(exact: Tensor, approx: Tensor) -> Tensor:
@@ -176,9 +189,10 @@ class Preprocessed(nn.Module):
     """``model(transform(x))``: the common shape of input-transformation defenses.
 
     Most defenses broken by Athalye, Carlini & Wagner (2018) have this shape, with a ``transform``
-    whose gradient is zero or useless. Inside :func:`bpda_backward` a non-differentiable block
-    computes the exact ``transform(x)`` on the forward pass and backpropagates through ``bpda(x)``,
-    so predictions stay honest while gradients become useful.
+    whose gradient is zero or useless. Inside :func:`bpda_backward` a non-differentiable block (in
+    the target's ``non_differentiable`` tag: declared so, or made so by its card) computes the exact
+    ``transform(x)`` on the forward pass and backpropagates through ``bpda(x)``, so predictions
+    stay honest while gradients become useful.
     """
 
     differentiable = True
@@ -197,7 +211,7 @@ class Preprocessed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         transformed = self.transform(x)
-        if bpda_active() and not is_differentiable(self) and torch.is_grad_enabled() and x.requires_grad:
+        if bpda_applies(self) and torch.is_grad_enabled() and x.requires_grad:
             transformed = straight_through(transformed, self.bpda(x))
         return self.model(transformed)
 
@@ -219,8 +233,6 @@ class Normalized(nn.Module):
         self.model = model
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
-        self.differentiable = is_differentiable(model)
-        self.randomized = is_randomized(model)
 
     def forward(self, x: Tensor) -> Tensor:
         channels = x.shape[1]
@@ -334,8 +346,6 @@ class QueryCounter(nn.Module):
         super().__init__()
         self.target = target
         self.rows = 0
-        self.differentiable = is_differentiable(target)
-        self.randomized = is_randomized(target)
 
     def forward(self, x: Tensor) -> Tensor:
         # an EOT wrapper asks its target for several draws per row: count what the target answered

@@ -1,6 +1,8 @@
-"""One work unit, start to finish: clean predictions, attack, verify, one row per example.
+"""One work unit, start to finish: clean predictions, attack or certify, verify, one row per example.
 
-Each attack unit attacks only the examples its defense classifies correctly (AutoAttack's
+A unit's kind (``robench.plan.UnitKind``) says what runs; attack, cascade and certify units write
+their rows through one builder (:func:`example_rows`, robench.schema's columns). Each attack unit
+attacks only the examples its defense classifies correctly (AutoAttack's
 convention: an example already misclassified is already broken) and counts a break only through
 ``verify.attack_and_verify``. A probe unit runs the diagnostics' small extra attacks the same way.
 Randomness comes from per-example seeds derived from the run seed and the unit's seed key, and a
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,23 +22,20 @@ import torch
 from torch import Tensor, nn
 
 from robench import rng
-from robench.attacks.adaptive import adaptive_target, needs_adaptation
+from robench import schema
+from robench.attacks.adaptive import adaptive_target, eot_draws, needs_adaptation
 from robench.attacks.base import Attack
 from robench.cards import AttackSpec
-from robench.plan import Unit
+from robench.plan import Unit, UnitKind
 from robench.console import one_line
 from robench.resolve import Context, build_context
 from robench.schema import EXAMPLE_COLUMNS
 from robench.spec import EvalConfig
-from robench.target import is_randomized, reseed
+from robench.target import reseed
 from robench.verify import PREDICTION_DRAWS, attack_and_verify, predict_correct, verify
 
 log = logging.getLogger(__name__)
 
-#: gradient draws averaged by EOT for randomized targets, unless a suite entry says otherwise
-DEFAULT_EOT_SAMPLES = 10
-#: EOT draws in the diagnostic probes of randomized targets
-PROBE_EOT_SAMPLES = 4
 #: adversarial examples kept per unit for the report's image grid
 ADVERSARIAL_SAMPLES = 4
 
@@ -60,20 +60,34 @@ def clean_predictions(ctx: Context, unit: Unit) -> tuple[Tensor, Tensor, int]:
     Seeded by (defense, shard) alone, so every attack and epsilon of a shard agrees on which
     examples were correct to begin with.
     """
-    target = ctx.target(unit.defense)
+    target, tags = ctx.target(unit.defense), ctx.tags(unit.defense)
     _reseed(ctx, unit, "clean", target)
-    draws = PREDICTION_DRAWS if is_randomized(target) else 1
+    draws = PREDICTION_DRAWS if tags.randomized else 1
     x = ctx.x[unit.start:unit.stop].to(ctx.device)
     y = ctx.y[unit.start:unit.stop].to(ctx.device)
-    correct, margin = predict_correct(target, x, y, draws=draws, max_batch=ctx.max_batch)
+    correct, margin = predict_correct(target, x, y, draws=draws, max_batch=ctx.max_batch, tags=tags)
     return correct.cpu(), margin.cpu(), draws
 
 
-def gradient_view(target: nn.Module, attack: Attack, spec: AttackSpec) -> nn.Module:
-    """Gradient attacks see BPDA/EOT gradients where the target masks or randomizes them."""
-    if attack.gradient_free or not spec.adaptive or not needs_adaptation(target):
-        return target
-    return adaptive_target(target, eot_samples=spec.eot_samples or DEFAULT_EOT_SAMPLES)
+def gradient_view(ctx: Context, defense: str, attack: Attack, spec: AttackSpec) -> nn.Module:
+    """Gradient attacks see BPDA/EOT gradients where the target's tags say it masks or randomizes
+    them; every attack sees the target's tags (``Context.attack_target``)."""
+    tags = ctx.tags(defense)
+    if attack.gradient_free or not spec.adaptive or not needs_adaptation(ctx.target(defense), tags):
+        return ctx.attack_target(defense)
+    return adaptive_target(ctx.target(defense), eot_samples=eot_draws(spec.eot_samples), tags=tags)
+
+
+def example_rows(ctx: Context, unit: Unit, label: str, columns: dict[str, object], seconds: float) -> pd.DataFrame:
+    """The one writer of a unit's rows (``schema.EXAMPLE_COLUMNS``): the cell's keys, then
+    ``columns`` (one value per example of the shard, or one for all), and the seconds per example."""
+    threat = ctx.threats[unit.epsilon]
+    ids, y = ctx.ids[unit.start:unit.stop], ctx.y[unit.start:unit.stop]
+    return pd.DataFrame({
+        "defense": unit.defense, "model": ctx.models.get(unit.defense, ctx.config.model), "dataset": ctx.data.name,
+        "norm": threat.norm, "epsilon": threat.epsilon, "attack": label, "example": ids.numpy(), "label": y.numpy(),
+        **columns, "seconds": seconds / max(len(ids), 1),
+    }, columns=list(EXAMPLE_COLUMNS))
 
 
 def _attack_rows(ctx: Context, unit: Unit, label: str, given: Tensor, clean_correct: Tensor, clean_margin: Tensor,
@@ -101,8 +115,8 @@ def _attack_rows(ctx: Context, unit: Unit, label: str, given: Tensor, clean_corr
         xs, ys = x[todo].to(ctx.device), y[todo].to(ctx.device)
         seeds = rng.example_seeds(ctx.config.seed, seed_key, ids[todo]).to(ctx.device)
         result, check = attack_and_verify(attack, target, xs, ys, threat, seeds=seeds,
-                                          attack_target=gradient_view(target, attack, spec), draws=draws,
-                                          max_batch=ctx.max_batch)
+                                          attack_target=gradient_view(ctx, unit.defense, attack, spec), draws=draws,
+                                          max_batch=ctx.max_batch, tags=ctx.tags(unit.defense))
         broken[todo] = check.broken.cpu()
         found[todo] = check.broken.cpu()
         rejected[todo] = check.rejected.cpu()
@@ -116,15 +130,11 @@ def _attack_rows(ctx: Context, unit: Unit, label: str, given: Tensor, clean_corr
                 "x": xs[keep.to(xs.device)].float().cpu().numpy(),
                 "x_adv": result.x_adv[keep.to(xs.device)].detach().float().cpu().numpy(),
             }
-    seconds = time.perf_counter() - started
-    rows = pd.DataFrame({
-        "defense": unit.defense, "model": ctx.models.get(unit.defense, ctx.config.model), "dataset": ctx.data.name,
-        "norm": threat.norm, "epsilon": threat.epsilon, "attack": label,
-        "example": ids.numpy(), "label": y.numpy(), "clean_correct": clean_correct.numpy(), "broken": broken.numpy(),
-        "rejected": rejected.numpy(), "queries": queries.numpy(), "distance": distance.numpy(),
-        "margin": margins.numpy(), "draws": draws, "attacked": given.numpy(), "certified": False, "certify_status": "",
-        "seconds": seconds / max(n, 1),
-    }, columns=list(EXAMPLE_COLUMNS))
+    rows = example_rows(ctx, unit, label, {
+        "clean_correct": clean_correct.numpy(), "broken": broken.numpy(), "rejected": rejected.numpy(),
+        "queries": queries.numpy(), "distance": distance.numpy(), "margin": margins.numpy(), "draws": draws,
+        "attacked": given.numpy(), "certified": False, "certify_status": schema.NOT_CERTIFIED,
+    }, time.perf_counter() - started)
     return rows, adversarial, found
 
 
@@ -132,7 +142,7 @@ def run_attack_unit(ctx: Context, unit: Unit) -> UnitResult:
     """Attack the clean-correct examples of a shard, verify every proposal, one row per example."""
     started = time.perf_counter()
     clean_correct, clean_margin, draws = clean_predictions(ctx, unit)
-    rows, adversarial, _ = _attack_rows(ctx, unit, unit.attack, clean_correct, clean_correct, clean_margin, draws)
+    rows, adversarial, _ = _attack_rows(ctx, unit, unit.method, clean_correct, clean_correct, clean_margin, draws)
     return UnitResult(unit, rows, adversarial, seconds=time.perf_counter() - started, queries=int(rows["queries"].sum()))
 
 
@@ -163,7 +173,7 @@ def run_certify_unit(ctx: Context, unit: Unit) -> UnitResult:
     from robench.certify import COUNTEREXAMPLE, STATUS_NAMES
 
     started = time.perf_counter()
-    _, certifier = ctx.certifiers[unit.attack]
+    _, certifier = ctx.certifiers[unit.method]
     target = ctx.target(unit.defense)
     threat = ctx.threats[unit.epsilon]
     clean_correct, clean_margin, draws = clean_predictions(ctx, unit)
@@ -171,7 +181,7 @@ def run_certify_unit(ctx: Context, unit: Unit) -> UnitResult:
     n = len(x)
     broken, rejected = ~clean_correct.clone(), torch.zeros(n, dtype=torch.bool)
     distance, margins = torch.zeros(n), clean_margin.detach().float().clone()
-    status = [""] * n
+    status = [schema.NOT_CERTIFIED] * n
     adversarial = None
     todo = clean_correct.nonzero().flatten()
     if len(todo):
@@ -179,7 +189,8 @@ def run_certify_unit(ctx: Context, unit: Unit) -> UnitResult:
         xs, ys = x[todo].to(ctx.device), y[todo].to(ctx.device)
         seeds = rng.example_seeds(ctx.config.seed, unit.seed_key, ids[todo]).to(ctx.device)
         result = certifier.certify(target, xs, ys, threat, seeds=seeds)
-        check = verify(target, xs, result.counterexample, ys, threat, draws=draws, max_batch=ctx.max_batch)
+        check = verify(target, xs, result.counterexample, ys, threat, draws=draws, max_batch=ctx.max_batch,
+                       tags=ctx.tags(unit.defense))
         proposed = (result.status == COUNTEREXAMPLE).cpu()
         confirmed = proposed & check.broken.cpu()
         broken[todo] = confirmed
@@ -189,43 +200,41 @@ def run_certify_unit(ctx: Context, unit: Unit) -> UnitResult:
         codes = result.status.cpu().tolist()
         for row, code, ok, was_proposed in zip(todo.tolist(), codes, confirmed.tolist(), proposed.tolist()):
             # a counterexample that does not verify is no answer: unknown
-            status[row] = STATUS_NAMES[int(code)] if ok or not was_proposed else "unknown"
+            status[row] = STATUS_NAMES[int(code)] if ok or not was_proposed else schema.UNKNOWN
         keep = confirmed.nonzero().flatten()[:ADVERSARIAL_SAMPLES]
         if len(keep):
             adversarial = {"example": ids[todo][keep].numpy(), "x": xs[keep.to(xs.device)].float().cpu().numpy(),
                            "x_adv": result.counterexample[keep.to(xs.device)].detach().float().cpu().numpy()}
     seconds = time.perf_counter() - started
-    rows = pd.DataFrame({
-        "defense": unit.defense, "model": ctx.models.get(unit.defense, ctx.config.model), "dataset": ctx.data.name,
-        "norm": threat.norm, "epsilon": threat.epsilon, "attack": unit.attack,
-        "example": ids.numpy(), "label": y.numpy(), "clean_correct": clean_correct.numpy(), "broken": broken.numpy(),
-        "rejected": rejected.numpy(), "queries": 0, "distance": distance.numpy(), "margin": margins.numpy(),
-        "draws": draws, "attacked": clean_correct.numpy(), "certified": [s == "certified" for s in status],
-        "certify_status": status, "seconds": seconds / max(n, 1),
-    }, columns=list(EXAMPLE_COLUMNS))
+    rows = example_rows(ctx, unit, unit.method, {
+        "clean_correct": clean_correct.numpy(), "broken": broken.numpy(), "rejected": rejected.numpy(), "queries": 0,
+        "distance": distance.numpy(), "margin": margins.numpy(), "draws": draws, "attacked": clean_correct.numpy(),
+        "certified": [s == schema.CERTIFIED for s in status], "certify_status": status,
+    }, seconds)
     return UnitResult(unit, rows, adversarial, seconds=seconds)
 
 
 def run_probe_unit(ctx: Context, unit: Unit) -> UnitResult:
     """The diagnostic probes of one (defense, epsilon): small extra attacks that expose masking."""
-    from robench.diagnostics import diagnostics_frame, probe_checks
+    from robench.diagnostics import PROBE_EOT_SAMPLES, diagnostics_frame, probe_checks, probe_examples
 
     started = time.perf_counter()
     target = ctx.target(unit.defense)
     threat = ctx.threats[unit.epsilon]
     clean_correct, _, _ = clean_predictions(ctx, unit)
     _reseed(ctx, unit, f"probe|{unit.seed_key}", target)
-    randomized = is_randomized(target)
-    attack_target = target
-    if needs_adaptation(target):
+    tags = ctx.tags(unit.defense)
+    randomized = tags.randomized
+    attack_target = ctx.attack_target(unit.defense)
+    if needs_adaptation(target, tags):
         # EOT with fewer draws than the suite's: the probes ask "is something off?", cheaply
-        attack_target = adaptive_target(target, eot_samples=PROBE_EOT_SAMPLES if randomized else 1)
+        attack_target = adaptive_target(target, eot_samples=PROBE_EOT_SAMPLES if randomized else 1, tags=tags)
     found = probe_checks(
-        defense=unit.defense, target=target, attack_target=attack_target, undefended=ctx.model,
+        defense=unit.defense, target=target, tags=tags, attack_target=attack_target, undefended=ctx.model,
         x=ctx.x[clean_correct].to(ctx.device), y=ctx.y[clean_correct].to(ctx.device), threat=threat,
         ids=ctx.ids[clean_correct], clean_correct=torch.ones(int(clean_correct.sum()), dtype=torch.bool),
         seed=rng.derive_seed(ctx.config.seed, unit.seed_key), max_batch=ctx.max_batch,
-        n_examples=16 if randomized else 32,
+        n_examples=probe_examples(randomized),
     )
     return UnitResult(unit, diagnostics_frame(found), seconds=time.perf_counter() - started)
 
@@ -237,16 +246,19 @@ def execute_unit(ctx: Context, unit: Unit) -> UnitResult:
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
-            if unit.is_probe:
-                return run_probe_unit(ctx, unit)
-            if unit.attack in ctx.certifiers:
-                return run_certify_unit(ctx, unit)
-            return run_cascade_unit(ctx, unit) if unit.is_cascade else run_attack_unit(ctx, unit)
+            return RUNNERS[unit.kind](ctx, unit)
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as exc:  # a defense or attack that raises (or exits) mid-run: record it, go on
         log.debug("unit %s failed", unit.store_key, exc_info=True)
         return UnitResult(unit, error=one_line(exc))
+
+
+#: what runs a unit of each kind
+RUNNERS: dict[UnitKind, Callable[[Context, Unit], UnitResult]] = {
+    UnitKind.ATTACK: run_attack_unit, UnitKind.CASCADE: run_cascade_unit,
+    UnitKind.CERTIFY: run_certify_unit, UnitKind.PROBES: run_probe_unit,
+}
 
 
 #: a worker process's context, rebuilt only when a task of another configuration arrives

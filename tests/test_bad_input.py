@@ -360,7 +360,7 @@ def test_the_table_is_large_enough():
 @pytest.mark.parametrize("build, message", [(b, m) for _, b, m in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, user_code, monkeypatch, build, message):
     monkeypatch.chdir(tmp_path)  # the folder the command runs in: a card lying here is never loaded
-    monkeypatch.delenv("ROBENCH_CARDS", raising=False)  # --cards sets it for the process: undone after the test
+    monkeypatch.delenv("ROBENCH_CARDS", raising=False)  # a card folder of the caller's environment: none here
     suite = _write(tmp_path, "tiny.toml", TINY_SUITE)
     out = tmp_path / "out"
     args = build(tmp_path)

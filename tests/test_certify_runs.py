@@ -54,6 +54,8 @@ def test_the_bracket_holds_and_milp_answers_every_example(tmp_path):
     assert pd_isnan(results.loc["pgd", "certified_accuracy"])
     by_example = evaluation.examples.groupby("example")["certified"].nunique()
     assert (by_example == 1).all(), "certified is the same on every row of an example"
+    recorded = {c["label"]: c["sound"] for c in evaluation.run["suite"]["certifiers"]}
+    assert recorded == {"ibp": True, "milp": True}, "run.json records each certifier's declaration"
     checks = set(evaluation.diagnostics["check"])
     assert "attack_misses_counterexample" in checks
 
@@ -74,6 +76,22 @@ def test_an_attack_that_breaks_a_certified_example_stops_the_run(tmp_path, monke
     suite = write_suite(tmp_path, SUITE.split("[[certify]]\nmethod = \"milp\"")[0])
     with pytest.raises(RobenchError, match="soundness violation: certifier 'ibp'"):
         robench.evaluate(model, x, y, defenses=("none",), suite=suite, epsilons=(0.3,), diagnostics=False)
+
+
+def test_the_soundness_check_reads_the_declaration_not_the_name(tmp_path, monkeypatch):
+    """The same over-certifying ibp, declared not sound (as smoothing is), is exempt: the run goes on."""
+    from robench.certify import CERTIFIED, Certification
+    from robench.certify.ibp import IBP
+
+    def certifies_everything(self, target, x, y, threat, *, seeds=None):
+        return Certification(torch.full((len(x),), CERTIFIED, dtype=torch.int8), x.clone(), torch.zeros(len(x)), {})
+
+    monkeypatch.setattr(IBP, "certify", certifies_everything)
+    monkeypatch.setattr(IBP, "sound", False)
+    model, x, y = _mlp()
+    suite = write_suite(tmp_path, SUITE.split("[[certify]]\nmethod = \"milp\"")[0])
+    evaluation = robench.evaluate(model, x, y, defenses=("none",), suite=suite, epsilons=(0.3,), diagnostics=False)
+    assert evaluation.examples["certified"].all()
 
 
 def test_a_defense_a_certifier_cannot_bound_is_refused_before_the_run(tmp_path):

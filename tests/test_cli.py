@@ -96,3 +96,59 @@ def test_a_model_and_a_defense_from_files_of_ones_own(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     results = pd.read_csv(tmp_path / "run" / "results.csv")
     assert set(results["defense"]) == {"clip"} and "worst-case" in set(results["attack"])
+
+
+def test_cards_travel_in_the_configuration_not_the_environment(tmp_path, monkeypatch):
+    """``--cards DIR`` is part of the configuration (plan.json), so a Ray worker that gets the
+    configuration finds the same cards; the process environment is left as it was."""
+    monkeypatch.delenv("ROBENCH_CARDS", raising=False)
+    folder = tmp_path / "mine"
+    (folder / "defenses").mkdir(parents=True)
+    (folder / "defenses" / "clip-mine.toml").write_text('name = "clip-mine"\nfactory = "none"\n')
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["evaluate", "--cards", str(folder), "--defense", "clip-mine", "--suite", "quick",
+                                       "--n-examples", "4", "--no-diagnostics", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    import os
+
+    assert "ROBENCH_CARDS" not in os.environ
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["config"]["card_dirs"] == [str(folder.resolve())]
+
+
+CERTIFIER_FILE = '''
+import torch
+from robench.certify import Certification, Certifier
+
+
+class Nothing(Certifier):
+    """Certifies nothing: every example unknown."""
+
+    name = "nothing"
+
+    def certify(self, target, x, y, threat, *, seeds=None):
+        n = len(x)
+        return Certification(torch.zeros(n, dtype=torch.int8), x.clone(), torch.zeros(n))
+'''
+
+
+def test_a_certifier_from_a_file_beside_the_suite_card(tmp_path, monkeypatch):
+    """``method = "file.py:Class"`` in a ``[[certify]]`` table is the file beside the card; a file
+    of that name in the current directory is never loaded."""
+    folder = tmp_path / "suite"
+    folder.mkdir()
+    (folder / "mycert.py").write_text(CERTIFIER_FILE)
+    card = folder / "mine.toml"
+    card.write_text('name = "mine"\n[[attack]]\nattack = "pgd"\n[attack.params]\nsteps = 2\n'
+                    '[[certify]]\nmethod = "mycert.py:Nothing"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mycert.py").write_text("raise SystemExit('the current directory was searched')\n")
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["evaluate", "--defense", "none", "--suite", str(card), "--n-examples", "4",
+                                       "--no-diagnostics", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    examples = pd.read_csv(out / "examples.csv", keep_default_na=False)
+    mine = examples[examples["attack"] == "Nothing"]
+    assert len(mine) == 4 and set(mine.loc[mine["clean_correct"], "certify_status"]) == {"unknown"}

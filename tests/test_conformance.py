@@ -15,6 +15,7 @@ from torch import nn
 from robench import rng
 from robench_testing import SignalNet
 from robench.errors import RobenchError
+from robench.method import Method
 from robench.registry import attacks, load_builtins
 from robench.target import is_differentiable, is_randomized
 from robench.threat import ThreatModel
@@ -94,6 +95,8 @@ def test_attack_contract(toy, name, norm):
     assert threat.contains(result.x_adv, x, tolerance=1e-6).all(), "proposals must lie in the ball and the bounds"
     assert result.queries.shape == (len(x),) and not result.queries.is_floating_point()
     assert (result.queries >= 0).all() and (result.queries > 0).any()
+    declared = attacks.get(name)(**SMALL.get(name, {}))
+    assert isinstance(declared, Method) and declared.sound is False, "an attack declares the method contract and certifies nothing"
 
     _, again = _run(name, norm, model, x, y, ids)
     assert torch.equal(again.x_adv, result.x_adv), "same seeds, same proposals"

@@ -10,8 +10,8 @@ from torch import nn
 
 from robench import diagnostics
 from robench.diagnostics import (
-    CHECKS, COLUMNS, FRAME_CHECKS, PROBE_CHECKS, Diagnostic, accuracy_not_decreasing, diagnostics_frame,
-    frame_checks, gradient_free_beats_gradient, input_gradient_norms, probe_checks, sign_test,
+    CHECKS, COLUMNS, PROBE_CHECKS, TABLE_CHECKS, Diagnostic, accuracy_not_decreasing, diagnostics_frame,
+    gradient_free_beats_gradient, table_checks, input_gradient_norms, probe_checks, sign_test,
 )
 from robench.errors import RobenchError
 from robench.threat import ThreatModel
@@ -143,7 +143,7 @@ def saturated_probes(linear):
 
 
 def test_every_check_has_a_report_sentence_and_the_frame_has_exactly_the_columns():
-    assert set(CHECKS) == set(FRAME_CHECKS) | set(PROBE_CHECKS)
+    assert set(CHECKS) == set(TABLE_CHECKS) | set(PROBE_CHECKS)
     assert all(len(text.split()) >= 20 for text in CHECKS.values())
     empty = diagnostics_frame([])
     assert list(empty.columns) == COLUMNS == ["defense", "epsilon", "check", "fired", "detail"] and len(empty) == 0
@@ -239,12 +239,12 @@ def test_accuracy_not_decreasing_needs_two_epsilons():
     assert row.detail == "not run: needs two or more epsilons" and not row.fired and row.epsilon == 0.1
 
 
-def test_frame_checks_give_one_row_per_check_and_defense_epsilon():
+def test_table_checks_give_one_row_per_check_and_defense_epsilon():
     frame = pd.concat([
         examples_frame({(0.1, "pgd"): [False] * 10, (0.1, "spsa"): [False] * 10}),
         examples_frame({(0.1, "pgd"): [True] * 10, (0.1, "spsa"): [True] * 10}).assign(defense="e"),
     ])
-    table = diagnostics_frame(frame_checks(frame, gradient_free={"spsa"}))
+    table = diagnostics_frame(table_checks(frame, gradient_free={"spsa"}))
     assert sorted(map(tuple, table[["defense", "check"]].to_numpy().tolist())) == [
         ("d", "accuracy_not_decreasing"), ("d", "gradient_free_beats_gradient"),
         ("e", "accuracy_not_decreasing"), ("e", "gradient_free_beats_gradient"),
@@ -321,11 +321,9 @@ def test_probes_are_not_run_without_clean_correct_examples(linear):
     assert all(not r.fired and r.detail == "not run: no clean-correct examples" for r in rows.values())
 
 
-def test_probe_arguments_are_checked_and_the_main_runs_whitebox_number_is_quoted(linear):
+def test_probe_arguments_are_checked(linear):
     x, y = labelled_inputs(linear, n=6)
     with pytest.raises(RobenchError, match="same length"):
         run_probes(linear, x=x, y=y, ids=torch.arange(5))
     with pytest.raises(RobenchError, match="n_examples"):
         run_probes(linear, x=x, y=y, n_examples=0)
-    rows = run_probes(linear, undefended=copy.deepcopy(linear), x=x, y=y, whitebox_robust=0.25, ids=torch.arange(6) + 100)
-    assert rows["transfer_beats_whitebox"].detail.endswith("white-box robust accuracy: 0.250")

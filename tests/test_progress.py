@@ -11,7 +11,7 @@ from robench.attacks.apgd import APGDCE, APGDT
 from robench.attacks.pgd import PGD
 from robench.attacks.spsa import SPSA
 from robench.attacks.square import Square
-from robench.plan import Unit
+from robench.plan import Unit, UnitKind
 from robench.progress import Progress, count, duration
 from robench.threat import ThreatModel
 from robench.units import UnitResult
@@ -87,7 +87,7 @@ def test_the_api_prints_progress_when_asked(tmp_path, capsys):
 
 def test_units_whose_cost_the_budget_does_not_measure_are_named():
     stream = io.StringIO()
-    attack, certify = Unit("none", 0.1, "pgd", 0, 10), Unit("none", 0.1, "milp", 0, 10)
+    attack, certify = Unit("none", 0.1, "pgd", 0, 10), Unit("none", 0.1, "milp", 0, 10, UnitKind.CERTIFY)
     progress = Progress(stream=stream, tty=False, interval=60)
     progress.start([attack, certify], 0, {attack.store_key: 400, certify.store_key: 0})
     progress.update(_result(attack))

@@ -4,7 +4,8 @@ Security"): make a target's gradient useful without changing what it predicts.
 ``adaptive_target(target)`` wraps a target for gradient attacks:
 
 * **BPDA** (Sec. 4.1) where the target is not differentiable: every non-differentiable
-  ``Preprocessed`` block anywhere inside the target computes its exact ``transform(x)`` on the
+  ``Preprocessed`` block anywhere inside the target (the ``non_differentiable`` tag, see
+  ``robench.tags``) computes its exact ``transform(x)`` on the
   forward pass and backpropagates through its ``bpda(x)`` (identity unless the block declares
   better); any non-differentiable module that defines ``bpda_forward(x)`` (the target itself or
   a block inside it) keeps its exact output and backpropagates through ``bpda_forward(x)``.
@@ -15,12 +16,13 @@ Security"): make a target's gradient useful without changing what it predicts.
   "Synthesizing Robust Adversarial Examples", Eq. 2). Averaging log-probabilities, not raw
   logits, keeps draws with differently shifted logits on the same scale. Each forward row then
   costs ``eot_samples`` target rows: ``queries_per_row`` says so, for honest query counts.
-  Where every randomized block draws per row (``independent_rows``, see ``robench.target``),
+  Where every randomized block draws per row (the ``independent_rows`` tag),
   the draws run as one forward of the batch stacked ``eot_samples`` times (in calls of at most
   :func:`robench.batching.chunk_rows` rows): the same estimator, without a Python loop of
   ``eot_samples`` calls (10x fewer sequential steps for a purifier that loops over time).
 
-A plain differentiable, deterministic target is returned unchanged.
+A plain differentiable, deterministic target is returned unchanged. What is adapted follows the
+target's tags (computed once by the caller, with its card's flags; from the tree when not given).
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ from torch import Tensor, nn
 
 from robench.errors import RobenchError
 from robench.batching import chunk_rows
-from robench.target import (Preprocessed, bpda_backward, is_differentiable, is_randomized, repeat_rows, stacks_draws,
-                             straight_through)
+from robench.discover import straight_through_at
+from robench.tags import TargetTags, target_tags
+from robench.target import Preprocessed, bpda_backward, repeat_rows, straight_through
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +47,25 @@ log = logging.getLogger(__name__)
 EOT_SAMPLES = 10
 
 
-def _modules(target: nn.Module) -> list[nn.Module]:
-    return list(target.modules())
+def eot_draws(requested: int | None) -> int:
+    """The EOT draws of a suite entry: its own ``eot_samples``, else :data:`EOT_SAMPLES` (the one default)."""
+    return requested or EOT_SAMPLES
 
 
-def needs_adaptation(target: nn.Module) -> bool:
-    """True if any module of the target is marked non-differentiable or randomized."""
-    return any(not is_differentiable(m) or is_randomized(m) for m in _modules(target))
+def needs_adaptation(target: nn.Module, tags: TargetTags | None = None) -> bool:
+    """True if the target (by its ``tags``; default: its tree's) is non-differentiable, randomized,
+    or cuts its input gradient at places robench found (``tags.gradient_cuts``)."""
+    tags = target_tags(target) if tags is None else tags
+    return not tags.differentiable or tags.randomized or bool(tags.gradient_cuts)
 
 
-def _bpda_modules(target: nn.Module) -> list[nn.Module]:
-    """Non-differentiable modules that declare a whole-forward stand-in."""
-    return [m for m in _modules(target) if not is_differentiable(m) and callable(getattr(m, "bpda_forward", None))]
+def _bpda_modules(tags: TargetTags) -> list[nn.Module]:
+    """Non-differentiable blocks that declare a whole-forward stand-in."""
+    return [m for m in tags.non_differentiable if callable(getattr(m, "bpda_forward", None))]
 
 
-def _has_bpda(target: nn.Module) -> bool:
-    return bool(_bpda_modules(target)) or any(
-        isinstance(m, Preprocessed) and not is_differentiable(m) for m in _modules(target)
-    )
+def _has_bpda(tags: TargetTags) -> bool:
+    return bool(_bpda_modules(tags)) or any(isinstance(m, Preprocessed) for m in tags.non_differentiable)
 
 
 def _substitute_backward(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
@@ -84,30 +88,38 @@ def _bpda_hooks(modules: list[nn.Module]) -> Iterator[None]:
 class AdaptiveTarget(nn.Module):
     """The target's predictions with BPDA gradients and, if randomized, EOT averaging."""
 
-    differentiable = True
-
-    def __init__(self, target: nn.Module, *, eot_samples: int) -> None:
+    def __init__(self, target: nn.Module, *, eot_samples: int, tags: TargetTags | None = None) -> None:
         super().__init__()
         self.target = target
-        self.uses_bpda = any(not is_differentiable(m) for m in _modules(target))
-        self.randomized = any(is_randomized(m) for m in _modules(target))
+        tags = target_tags(target) if tags is None else tags
+        self.uses_bpda = not tags.differentiable
+        self.randomized = tags.randomized
         self.eot_samples = eot_samples if self.randomized else 1
         self.queries_per_row = self.eot_samples
-        self.stacked = self.eot_samples > 1 and stacks_draws(target)
-        self._hooked = _bpda_modules(target) if self.uses_bpda else []
+        self.stacked = self.eot_samples > 1 and tags.stacks_draws
+        self._independent_rows = tags.independent_rows
+        self._blocks = tags.non_differentiable if self.uses_bpda else ()
+        self._hooked = _bpda_modules(tags) if self.uses_bpda else []
+        #: found by running the target (robench.discover): identity backward there
+        self._cuts = tags.gradient_cuts
         #: without EOT a row costs one target row: batch sizes are the target's (robench.batching)
         # (kept out of the module tree: a plain attribute, not a second registration of the target)
         self.__dict__["probe_as"] = target if self.eot_samples == 1 else None
-        if self.uses_bpda and not _has_bpda(target):
+        if self.uses_bpda and not _has_bpda(tags):
             log.warning(
                 "%s is marked non-differentiable but has no Preprocessed block or bpda_forward(); "
                 "gradient attacks see its raw gradient", type(target).__name__,
             )
 
+    def robench_tags(self) -> TargetTags:
+        """Differentiable (BPDA), randomized as its target, each row costing ``eot_samples`` target rows."""
+        return TargetTags(differentiable=True, randomized=self.randomized, independent_rows=self._independent_rows,
+                          queries_per_row=self.eot_samples)
+
     def _draw(self, x: Tensor) -> Tensor:
-        if not self.uses_bpda:
+        if not self.uses_bpda and not self._cuts:
             return self.target(x)
-        with bpda_backward(), _bpda_hooks(self._hooked):
+        with bpda_backward(self._blocks), _bpda_hooks(self._hooked), straight_through_at(self.target, self._cuts):
             return self.target(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -133,16 +145,21 @@ class AdaptiveTarget(nn.Module):
         return total / self.eot_samples
 
     def extra_repr(self) -> str:
-        return f"bpda={self.uses_bpda}, eot_samples={self.eot_samples}, stacked={self.stacked}"
+        cuts = f", gradient_cuts={len(self._cuts)}" if self._cuts else ""
+        return f"bpda={self.uses_bpda}, eot_samples={self.eot_samples}, stacked={self.stacked}{cuts}"
 
 
-def adaptive_target(target: nn.Module, *, eot_samples: int = EOT_SAMPLES) -> nn.Module:
-    """Wrap ``target`` for gradient attacks: BPDA where not differentiable, EOT where randomized.
+def adaptive_target(target: nn.Module, *, eot_samples: int = EOT_SAMPLES, tags: TargetTags | None = None) -> nn.Module:
+    """Wrap ``target`` for gradient attacks: BPDA where not differentiable, EOT where randomized,
+    as its ``tags`` say (default: computed from its tree).
 
     Returns ``target`` itself when it needs neither (``needs_adaptation`` is False).
     """
     if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
         raise RobenchError(f"adaptive_target: eot_samples must be a positive integer, got {eot_samples!r}")
-    if isinstance(target, AdaptiveTarget) or not needs_adaptation(target):
+    if isinstance(target, AdaptiveTarget):
         return target
-    return AdaptiveTarget(target, eot_samples=eot_samples).eval()
+    tags = target_tags(target) if tags is None else tags
+    if not needs_adaptation(target, tags):
+        return target
+    return AdaptiveTarget(target, eot_samples=eot_samples, tags=tags).eval()

@@ -34,6 +34,8 @@ class Attack(Hyperparameters):
     gradient_free: ClassVar[bool] = False
     #: the input kinds it supports (``robench.target``): checked before a run starts
     inputs: ClassVar[tuple[str, ...]] = (ANY,)
+    #: attacks certify nothing (``robench.method``): only a certifier's certificates can be sound
+    sound: ClassVar[bool] = False
 
     def supports(self, norm: str) -> bool:
         """Whether the attack has a version for this threat model's norm (checked before a run starts)."""

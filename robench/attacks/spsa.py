@@ -28,7 +28,8 @@ from robench.attacks.base import Attack, AttackResult
 from robench.batching import chunk_rows
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import is_randomized, logits_in_chunks, margin
+from robench.tags import target_tags
+from robench.target import logits_in_chunks, margin
 from robench.threat import ThreatModel
 
 #: Pairs per gradient-accumulation block. Fixed (not derived from ``max_batch``) so that the
@@ -106,7 +107,7 @@ class SPSA(Attack):
         n, shape = len(x), tuple(x.shape[1:])
         delta, learning_rate = self.steps_for(threat, x[0].numel())
         max_batch = self.max_batch or chunk_rows(x)
-        draws = self.loss_draws if is_randomized(target) else 1
+        draws = self.loss_draws if target_tags(target).randomized else 1  # a Declared view carries a card's flags
         x0 = x.detach().flatten(1)
         x_adv = x0.clone()
         best, best_margin = x0.clone(), torch.full((n,), math.inf, device=x.device)

@@ -5,6 +5,11 @@ the prediction away from the label (so a certified example is classified correct
 ``counterexample`` is a proposal, like an attack's: the harness runs ``robench.verify`` on it and
 counts it only if verified. ``unknown`` is everything else (a bound too loose, a time-out, a
 smoothed classifier that abstains).
+
+A certifier is a method like an attack (``robench.method``): it declares the norms and input kinds
+it supports, whether its certificates are ``sound`` (hold for every point of the ball, so no attack
+may break a certified example) and what one example costs in model queries (``budget``). A new
+one is a subclass decorated ``@certifiers.register("name")`` (``robench.registry``).
 """
 from __future__ import annotations
 
@@ -16,14 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from robench.errors import RobenchError
+from robench import schema
 from robench.hyperparameters import Hyperparameters
 from robench.target import ANY
 from robench.threat import ThreatModel
 
 #: status codes (``Certification.status``, int8)
 UNKNOWN, CERTIFIED, COUNTEREXAMPLE = 0, 1, 2
-#: the names results tables use for the codes (examples.csv's ``certify_status``)
-STATUS_NAMES: dict[int, str] = {UNKNOWN: "unknown", CERTIFIED: "certified", COUNTEREXAMPLE: "counterexample"}
+#: the names results tables use for the codes (examples.csv's ``certify_status``, robench.schema's vocabulary)
+STATUS_NAMES: dict[int, str] = {UNKNOWN: schema.UNKNOWN, CERTIFIED: schema.CERTIFIED, COUNTEREXAMPLE: schema.COUNTEREXAMPLE}
 
 
 @dataclass
@@ -88,9 +94,21 @@ class Certifier(Hyperparameters):
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     #: the input kinds it supports (``robench.target``), as attacks declare them
     inputs: ClassVar[tuple[str, ...]] = (ANY,)
+    #: a certified example has no adversarial example in the ball: an attack that breaks one is a bug
+    sound: ClassVar[bool] = True
 
     def supports(self, norm: str) -> bool:
         return norm in self.norms
+
+    def budget(self, threat: ThreatModel) -> int:
+        """Model queries per example, as progress counts them: bound propagation and a solver's
+        time are none (0: a unit whose cost the budget does not measure; progress says so)."""
+        return 0
+
+    def example_target(self, model: nn.Module) -> nn.Module:
+        """What this certifier is checked on when handed a plain network (``robench.testing``):
+        the network itself; a certifier of a particular defense wraps it in that defense."""
+        return model
 
     def check_norm(self, threat: ThreatModel) -> None:
         if not self.supports(threat.norm):

@@ -30,6 +30,7 @@ from robench.certify.base import Certification, Certifier, Timer, check_examples
 from robench.certify.ibp import decide, ibp_logit_bounds, ibp_margin_bounds
 from robench.certify.layers import DTYPE, DenseLayer, Op, dense_network, input_box, read_and_check, read_layers
 from robench.errors import RobenchError
+from robench.registry import certifiers
 from robench.threat import ThreatModel
 
 #: doubles one backward pass may hold at a time (rows x width x examples): 64 MiB
@@ -222,6 +223,7 @@ def check_intermediate(who: str, value: object) -> str:
     return str(value)
 
 
+@certifiers.register("crown")
 class CROWN(Certifier):
     """CROWN bounds (never looser than IBP's); certified where every margin's lower bound is positive.
 

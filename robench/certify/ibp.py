@@ -23,6 +23,7 @@ from robench.certify.layers import (
     DTYPE, Op, affine_matrix, first_affine, input_box, read_and_check, read_layers, row_norms, run_layers,
     split_last_affine,
 )
+from robench.registry import certifiers
 from robench.threat import ThreatModel
 
 
@@ -101,6 +102,7 @@ def decide(target: nn.Module, x: Tensor, y: Tensor, margins: Tensor) -> tuple[Te
     return status, x.detach().clone(), worst
 
 
+@certifiers.register("ibp")
 class IBP(Certifier):
     """Interval bound propagation; certified where every margin's lower bound is positive.
 

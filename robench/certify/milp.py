@@ -41,6 +41,7 @@ from robench.certify.base import (
 from robench.certify.crown import DenseModel, check_intermediate, crown_margin_bounds, margin_rows, spec_witness
 from robench.certify.layers import DenseLayer, dense_network, input_box, read_layers
 from robench.errors import RobenchError
+from robench.registry import certifiers
 from robench.threat import ThreatModel
 
 
@@ -140,6 +141,7 @@ class _Program:
         return milp(c, integrality=self.integrality, bounds=self.bounds, constraints=constraints, options=options)
 
 
+@certifiers.register("milp")
 class MILP(Certifier):
     """Exact verification (L-inf) by mixed-integer programming, after CROWN.
 

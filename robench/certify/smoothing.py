@@ -1,8 +1,9 @@
 """Randomized-smoothing certification (Cohen, Rosenfeld, Kolter 2019, "Certified Adversarial
 Robustness via Randomized Smoothing", Sec. 3.2, CERTIFY) for the gaussian-noise defense.
 
-The target must expose its base classifier and noise level as ``model`` and ``sigma`` (as
-``robench.defenses.noise.GaussianNoiseVote`` does). Per example: ``n0`` noisy copies
+The target must declare its base classifier and noise level as a ``gaussian_smoothing`` tag (a
+``robench.tags.GaussianSmoothing``, as ``robench.defenses.noise.GaussianNoiseVote`` does). Per
+example: ``n0`` noisy copies
 x + N(0, sigma^2 I) select the top class c_A, ``n`` fresh copies count its votes n_A,
 p_lower = the one-sided (1 - alpha) Clopper-Pearson lower bound Beta(alpha; n_A, n - n_A + 1),
 and the radius is sigma * Phi^-1(p_lower). The example is certified when c_A == y, p_lower > 1/2
@@ -29,7 +30,9 @@ from robench.certify.base import (
     CERTIFIED, UNKNOWN, Certification, Certifier, Timer, check_examples, positive_float, positive_int,
 )
 from robench.errors import RobenchError
+from robench.registry import certifiers
 from robench.rng import derive_seed
+from robench.tags import target_tags
 from robench.threat import ThreatModel
 
 
@@ -46,11 +49,13 @@ def certified_radius(p_lower: float, sigma: float) -> float:
 
 
 def smoothed_parts(target: nn.Module, who: str = "smoothing") -> tuple[nn.Module, float]:
-    model, sigma = getattr(target, "model", None), getattr(target, "sigma", None)
-    if not isinstance(model, nn.Module) or isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise RobenchError(f"{who} certifies the gaussian-noise defense (a module with a base classifier .model and a "
-                           f"noise level .sigma > 0, like GaussianNoiseVote); {type(target).__name__} has none")
-    return model, float(sigma)
+    """The base classifier and noise level of the target's ``smoothing`` tag."""
+    parts = target_tags(target).smoothing
+    sigma = None if parts is None else parts.sigma
+    if parts is None or isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise RobenchError(f"{who} certifies the gaussian-noise defense (a module declaring gaussian_smoothing: a base "
+                           f"classifier and a noise level > 0, like GaussianNoiseVote); {type(target).__name__} has none")
+    return parts.base, float(sigma)
 
 
 @torch.no_grad()
@@ -69,6 +74,7 @@ def vote_counts(model: nn.Module, x: Tensor, draws: int, sigma: float, batch: in
     return counts
 
 
+@certifiers.register("smoothing")
 class Smoothing(Certifier):
     """Cohen et al.'s CERTIFY for the gaussian-noise defense under L2.
 
@@ -78,6 +84,9 @@ class Smoothing(Certifier):
 
     name = "smoothing"
     norms = ("l2",)
+    #: certifies the smoothed classifier with probability 1 - alpha, not the defense's own Monte-Carlo
+    #: vote: an attack may rightly break what it certified
+    sound = False
 
     def __init__(self, *, n0: int = 100, n: int = 1000, alpha: float = 0.001, batch: int = 1000, seed: int = 0) -> None:
         self.n0 = positive_int("smoothing", "n0", n0)
@@ -87,6 +96,16 @@ class Smoothing(Certifier):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise RobenchError(f"smoothing: seed must be an integer, got {seed!r}")
         self.seed = seed
+
+    def example_target(self, model: nn.Module) -> nn.Module:
+        """The gaussian-noise defense around ``model``: what smoothing certifies."""
+        from robench.defenses.noise import GaussianNoiseVote
+
+        return GaussianNoiseVote(model, sigma=0.25, votes=64, seed=0).eval()
+
+    def budget(self, threat: ThreatModel) -> int:
+        """Its noisy forward passes per example: the selection and the estimation draws."""
+        return self.n0 + self.n
 
     def check_norm(self, threat: ThreatModel) -> None:
         if threat.norm != "l2":

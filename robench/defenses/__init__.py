@@ -1,6 +1,7 @@
 """Defense blocks: ``factory(model, **params) -> nn.Module`` registered by name.
 
-A block returns a module that sets ``differentiable`` and ``randomized`` (see ``robench.target``)
+A block returns a module that sets ``differentiable`` and ``randomized`` (read into the target's
+tags by ``robench.tags``; see ``robench.target``)
 and, where it is not differentiable, ``bpda`` (a ``Preprocessed`` block's differentiable stand-in
 for its transform, identity by default) or ``bpda_forward`` (a stand-in for the whole forward
 pass): what BPDA (``robench.attacks.adaptive``) backpropagates through.

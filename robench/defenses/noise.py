@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from robench.tags import GaussianSmoothing
 from robench.target import ANY, SeededDraws, repeat_rows
 from robench.errors import RobenchError
 from robench.registry import defenses
@@ -34,6 +35,11 @@ class GaussianNoiseVote(nn.Module):
         self.votes = votes
         self.smoothing = smoothing
         self.draws = SeededDraws(seed)
+
+    @property
+    def gaussian_smoothing(self) -> GaussianSmoothing:
+        """What randomized smoothing certifies: the base classifier and the noise level (a tag)."""
+        return GaussianSmoothing(self.model, self.sigma)
 
     def _noisy(self, x: Tensor, copies: int) -> Tensor:
         rows = repeat_rows(x, copies)

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from robench.diagnostics.registry import ALPHA, KINDS, Check, Diagnostic, Finding, check, diagnostics_frame, registered
 from robench.diagnostics.table import (
-    ACCURACY_FLOOR, GRADIENT_FREE_GAP, accuracy_not_decreasing, frame_checks, gradient_free_beats_gradient, table_checks,
+    ACCURACY_FLOOR, GRADIENT_FREE_GAP, accuracy_not_decreasing, gradient_free_beats_gradient, table_checks,
 )
 from robench.diagnostics.probes import (  # imported after .table: the registry's order is the report's order
-    CONVERGENCE_DROP, CONVERGENCE_FACTOR, PGD_STEPS, PROBE_EXAMPLES, RANDOMNESS_LOGIT_TOLERANCE, RANDOMNESS_PASSES,
-    TRANSFER_EXCESS, UNBOUNDED_MAX_ROBUST, UNBOUNDED_PGD_REL_STEPSIZE, UNBOUNDED_PGD_STEPS, UNBOUNDED_SPSA,
-    VANISHING_FRACTION, VANISHING_NORM, input_gradient_norms, probe_checks, unbounded_threat,
+    CONVERGENCE_DROP, CONVERGENCE_FACTOR, PGD_STEPS, PROBE_EOT_SAMPLES, PROBE_EXAMPLES, RANDOMIZED_PROBE_EXAMPLES,
+    RANDOMNESS_LOGIT_TOLERANCE, RANDOMNESS_PASSES, TRANSFER_EXCESS, UNBOUNDED_MAX_ROBUST, UNBOUNDED_PGD_REL_STEPSIZE,
+    UNBOUNDED_PGD_STEPS, UNBOUNDED_SPSA, VANISHING_FRACTION, VANISHING_NORM, input_gradient_norms, probe_checks,
+    probe_examples, unbounded_threat,
 )
 from robench.diagnostics import checklist  # noqa: E402,F401  (after .probes: the rest of the checklist's probes)
 from robench.schema import DIAGNOSTIC_COLUMNS
@@ -42,16 +43,29 @@ from robench.stats import sign_test
 CHECKS: dict[str, str] = {c.name: c.sentence for c in registered()}
 TABLE_CHECKS: tuple[str, ...] = tuple(c.name for c in registered("table"))
 PROBE_CHECKS: tuple[str, ...] = tuple(c.name for c in registered("probe"))
-#: the former name of TABLE_CHECKS
-FRAME_CHECKS = TABLE_CHECKS
 #: diagnostics.csv's columns, as a list (what ``pd.DataFrame(columns=...)`` takes)
 COLUMNS: list[str] = list(DIAGNOSTIC_COLUMNS)
 
+
+def probe_budget(n_examples: int, *, randomized: bool) -> int:
+    """Model queries of one probe unit with ``n_examples`` clean-correct candidates (a generous sum
+    over every probe check, from their own constants): what progress counts, never a result."""
+    from robench.attacks.decision import HopSkipJump
+
+    hsj = HopSkipJump(**checklist.HSJ).budget(None)  # type: ignore[arg-type]  (its budget ignores the threat)
+    pgd = PGD_STEPS + 1
+    per_example = (UNBOUNDED_PGD_STEPS + UNBOUNDED_SPSA["steps"] * (UNBOUNDED_SPSA["samples"] + 1)
+                   + pgd * (1 + CONVERGENCE_FACTOR) + pgd  # base, longer, transfer
+                   + 2 * RANDOMNESS_PASSES + 2 + checklist.RANDOM_SEARCH_SAMPLES + hsj
+                   + 4 * checklist.FD_PAIRS + 2 + pgd * (checklist.RESTARTS + len(checklist.STEP_FACTORS))
+                   + pgd * checklist.TARGET_CLASSES)
+    return min(n_examples, probe_examples(randomized)) * per_example
+
 __all__ = [
-    "ACCURACY_FLOOR", "ALPHA", "CHECKS", "COLUMNS", "CONVERGENCE_DROP", "CONVERGENCE_FACTOR", "FRAME_CHECKS",
-    "GRADIENT_FREE_GAP", "KINDS", "PGD_STEPS", "PROBE_CHECKS", "PROBE_EXAMPLES", "RANDOMNESS_LOGIT_TOLERANCE",
+    "ACCURACY_FLOOR", "ALPHA", "CHECKS", "COLUMNS", "CONVERGENCE_DROP", "CONVERGENCE_FACTOR",
+    "GRADIENT_FREE_GAP", "KINDS", "PGD_STEPS", "PROBE_CHECKS", "PROBE_EOT_SAMPLES", "PROBE_EXAMPLES", "RANDOMIZED_PROBE_EXAMPLES", "RANDOMNESS_LOGIT_TOLERANCE",
     "RANDOMNESS_PASSES", "TABLE_CHECKS", "TRANSFER_EXCESS", "UNBOUNDED_MAX_ROBUST", "UNBOUNDED_PGD_REL_STEPSIZE",
     "UNBOUNDED_PGD_STEPS", "UNBOUNDED_SPSA", "VANISHING_FRACTION", "VANISHING_NORM", "Check", "Diagnostic", "Finding",
-    "accuracy_not_decreasing", "check", "diagnostics_frame", "frame_checks", "gradient_free_beats_gradient",
-    "input_gradient_norms", "probe_checks", "registered", "sign_test", "table_checks", "unbounded_threat",
+    "accuracy_not_decreasing", "check", "diagnostics_frame", "gradient_free_beats_gradient",
+    "input_gradient_norms", "probe_budget", "probe_checks", "probe_examples", "registered", "sign_test", "table_checks", "unbounded_threat",
 ]

@@ -24,7 +24,7 @@ from robench.diagnostics.probes import Probe
 from robench.diagnostics.registry import ALPHA, Finding, check
 from robench.registry import attacks
 from robench.stats import clopper_pearson, paired
-from robench.target import NoGradient, is_randomized, logits_in_chunks, loss_and_gradient
+from robench.target import NoGradient, logits_in_chunks, loss_and_gradient
 
 #: A challenger "beats" the base when it breaks more than this fraction of the probe examples
 #: beyond what the base broke, with p < ALPHA (on 32 examples: at least 5 more, none the other way).
@@ -120,7 +120,7 @@ def _hard_label_beats_gradient(probe: Probe) -> Finding:
     Not on a randomized target: its binary search on the decision boundary needs decisions that do
     not change between two looks at the same point.
     """
-    if is_randomized(probe.target):
+    if probe.tags.randomized:
         return probe.finding(False, "not run: the target is randomized, and a decision-based attack's boundary search "
                                     "needs deterministic decisions")
     return _where_base_failed(probe, "hop-skip-jump", attacks.get("hop-skip-jump")(**HSJ, max_batch=probe.max_batch),
@@ -135,7 +135,7 @@ def _where_base_failed(probe: Probe, name: str, attack: Attack, described: str) 
     robust = (~base).nonzero().flatten()
     if len(robust) == 0:
         return probe.finding(False, f"not run: the base PGD broke all {n} probe examples")
-    _, broken = probe.attack(name, attack, probe.target, probe.threat, rows=robust)
+    _, broken = probe.attack(name, attack, probe.declared_target, probe.threat, rows=robust)
     found = int(broken.sum())
     detail = (f"{described} on the {len(robust)} of {n} probe examples the base PGD ({probe.pgd_steps} steps) left "
               f"robust: {found} broken; fires above {BEAT_EXCESS:.0%} of the probe examples")
@@ -189,7 +189,7 @@ def _gradient_mismatch(probe: Probe) -> Finding:
         f"cosine between the attack's gradient and a finite-difference estimate of the real loss's gradient "
         f"({FD_PAIRS} antithetic pairs, step {FD_STEP:g} x the ball's radius) on {n_sloped} of {n} inputs with a "
         f"measurable slope: median {median:.3f}, {int((cosine <= 0).sum())} at or below 0; fires below {MIN_COSINE:g}"
-        + (" (the target is randomized: the estimate averages single draws)" if is_randomized(probe.target) else "")
+        + (" (the target is randomized: the estimate averages single draws)" if probe.tags.randomized else "")
     )
     return probe.finding(median < MIN_COSINE, detail)
 

@@ -9,18 +9,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from robench import rng
 from robench.attacks.base import Attack
+from robench.batching import chunk_rows
 from robench.diagnostics.registry import ALPHA, Diagnostic, Finding, check, registered
 from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.stats import paired
-from robench.target import NoGradient, is_differentiable, is_randomized, logits_in_chunks, loss_and_gradient
+from robench.tags import Declared, TargetTags, target_tags
+from robench.target import NoGradient, logits_in_chunks, loss_and_gradient
 from robench.threat import ThreatModel
 from robench.verify import PREDICTION_DRAWS, attack_and_verify, predict_correct
 
@@ -33,6 +35,17 @@ HANDLED = "handled:"
 #: Examples the probe checks attack: enough to see a gap of ~10 points, cheap enough to cost about a
 #: second per (defense, epsilon) on the digits CNN.
 PROBE_EXAMPLES = 32
+#: on a randomized defense, where every probe prediction is a vote over draws and gradients are EOT
+#: averages: half as many examples
+RANDOMIZED_PROBE_EXAMPLES = 16
+#: EOT draws per gradient in the probes of a randomized defense: fewer than a suite's (the probes
+#: ask "is something off?", cheaply)
+PROBE_EOT_SAMPLES = 4
+
+
+def probe_examples(randomized: bool) -> int:
+    """How many clean-correct examples a probe unit samples."""
+    return RANDOMIZED_PROBE_EXAMPLES if randomized else PROBE_EXAMPLES
 
 #: unbounded_attack_fails fires when the gradient attack or SPSA at an epsilon covering the whole
 #: data range leaves more than this fraction of the probe examples robust (1 of 32 passes).
@@ -88,7 +101,6 @@ class Probe:
     target: nn.Module
     attack_target: nn.Module
     undefended: nn.Module | None
-    whitebox_robust: float | None
     x: Tensor
     y: Tensor
     ids: Tensor
@@ -96,7 +108,14 @@ class Probe:
     draws: int
     max_batch: int
     pgd_steps: int
+    #: the target's tags, as the run computed them (card flags included)
+    tags: TargetTags = field(default_factory=TargetTags)
     _base: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def declared_target(self) -> nn.Module:
+        """The target with its tags declared, for attacks that read them (no walk of its tree)."""
+        return Declared(self.target, self.tags).eval()
 
     def seeds(self, name: str) -> Tensor:
         key = f"diagnostics|{self.defense}|{float(self.threat.epsilon)!r}|{name}"
@@ -110,7 +129,8 @@ class Probe:
         if rows is not None:
             x, y, seeds = x[rows], y[rows], seeds[rows]
         result, verified = attack_and_verify(attack, self.target, x, y, threat, seeds=seeds,
-                                             attack_target=run_on, draws=self.draws, max_batch=self.max_batch)
+                                             attack_target=run_on, draws=self.draws, max_batch=self.max_batch,
+                                             tags=self.tags)
         return result.x_adv.detach(), verified.broken
 
     def pgd(self, *, steps: int, rel_stepsize: float | None = None, **params: object) -> Attack:
@@ -144,28 +164,28 @@ def probe_checks(
     y: Tensor,
     threat: ThreatModel,
     seed: int,
-    max_batch: int = 4096,
-    whitebox_robust: float | None = None,
+    max_batch: int | None = None,
     clean_correct: Tensor | None = None,
     ids: Tensor | None = None,
     n_examples: int = PROBE_EXAMPLES,
     pgd_steps: int = PGD_STEPS,
+    tags: TargetTags | None = None,
 ) -> list[Diagnostic]:
     """Run every registered probe check for one (defense, epsilon) on up to ``n_examples`` clean-correct examples.
 
     ``target`` is the defended model as evaluated (it decides every prediction); ``attack_target``
     is what gradient attacks differentiate (the BPDA/EOT-adapted target, or ``target`` itself);
     ``undefended`` is the model without the defense, the surrogate of the transfer check (None, or
-    ``target`` itself, skips that check). ``whitebox_robust``, the main run's white-box robust
-    accuracy, is only quoted in the transfer detail: the comparison itself is paired, on the probe
-    sample. ``clean_correct`` (per row of ``x``) saves a forward pass when the caller has it;
+    ``target`` itself, skips that check). ``clean_correct`` (per row of ``x``) saves a forward pass when the caller has it;
     ``ids`` (per row, default the row positions) key the per-example seeds. The sample is a seeded
     choice that does not depend on ``threat``, so every epsilon probes the same examples.
     """
     if n_examples < 1 or pgd_steps < 1:
         raise RobenchError(f"diagnostics: n_examples and pgd_steps must be >= 1, got {n_examples} and {pgd_steps}")
     device = next((p.device for p in target.parameters()), x.device)
-    draws = PREDICTION_DRAWS if is_randomized(target) else 1
+    tags = target_tags(target) if tags is None else tags
+    draws = PREDICTION_DRAWS if tags.randomized else 1
+    max_batch = chunk_rows(x) if max_batch is None else max_batch
     x, y = x.to(device), y.to(device)
     ids = torch.arange(len(x)) if ids is None else ids.detach().cpu().long()
     if len(ids) != len(x) or len(y) != len(x):
@@ -174,7 +194,7 @@ def probe_checks(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(rng.derive_seed(seed, "diagnostics", defense, float(threat.epsilon)))
         if clean_correct is None:
-            clean_correct, _ = predict_correct(target, x, y, draws=draws, max_batch=max_batch)
+            clean_correct, _ = predict_correct(target, x, y, draws=draws, max_batch=max_batch, tags=tags)
         candidates = clean_correct.to(device).nonzero().flatten()
         if len(candidates) == 0:
             return [Diagnostic(defense, float(threat.epsilon), c.name, False, "not run: no clean-correct examples")
@@ -182,8 +202,8 @@ def probe_checks(
         if len(candidates) > n_examples:
             order = torch.randperm(len(candidates), generator=rng.torch_generator(rng.derive_seed(seed, "diagnostics", defense)))
             candidates = candidates[order[:n_examples].to(device)].sort().values
-        probe = Probe(defense, threat, target, attack_target, undefended, whitebox_robust, x[candidates], y[candidates],
-                       ids[candidates.cpu()], seed, draws, max_batch, pgd_steps)
+        probe = Probe(defense, threat, target, attack_target, undefended, x[candidates], y[candidates],
+                       ids[candidates.cpu()], seed, draws, max_batch, pgd_steps, tags)
         found: list[Diagnostic] = []
         for c in checks:
             start = time.perf_counter()
@@ -200,14 +220,14 @@ def unbounded_threat(threat: ThreatModel, shape: tuple[int, ...]) -> ThreatModel
     return ThreatModel(threat.norm, epsilon, threat.bounds)
 
 
-def input_gradient_norms(target: nn.Module, x: Tensor, y: Tensor, *, max_batch: int = 4096) -> tuple[Tensor, str]:
+def input_gradient_norms(target: nn.Module, x: Tensor, y: Tensor, *, max_batch: int | None = None) -> tuple[Tensor, str]:
     """Per-row L2 norm of the cross-entropy loss's input gradient (NaN where it is not finite).
 
     Returns zeros, with the reason, when the output does not depend on the input through autograd
     (a ``no_grad`` or NumPy step inside the target) or autograd fails.
     """
     try:
-        _, grad, _ = loss_and_gradient(target, x, y, max_batch=max_batch)
+        _, grad, _ = loss_and_gradient(target, x, y, max_batch=chunk_rows(x) if max_batch is None else max_batch)
     except NoGradient as exc:
         return torch.zeros(len(x), device=x.device), str(exc)
     except RuntimeError as exc:
@@ -232,9 +252,9 @@ def _unbounded_attack_fails(probe: Probe) -> Finding:
     n = len(probe.x)
     pgd = probe.pgd(steps=UNBOUNDED_PGD_STEPS, rel_stepsize=UNBOUNDED_PGD_REL_STEPSIZE, random_start=False)
     _, pgd_broken = probe.attack("unbounded-pgd", pgd, probe.attack_target, big)
-    early_stop = not is_randomized(probe.target)
+    early_stop = not probe.tags.randomized
     spsa = attacks.get("spsa")(**UNBOUNDED_SPSA, early_stop=early_stop, max_batch=probe.max_batch)
-    _, spsa_broken = probe.attack("unbounded-spsa", spsa, probe.target, big)
+    _, spsa_broken = probe.attack("unbounded-spsa", spsa, probe.declared_target, big)
     pgd_robust = 1 - pgd_broken.float().mean().item()
     spsa_robust = 1 - spsa_broken.float().mean().item()
     failing = [name for name, r in (("PGD", pgd_robust), ("SPSA", spsa_robust)) if r > UNBOUNDED_MAX_ROBUST]
@@ -290,7 +310,7 @@ def _vanishing_gradients(probe: Probe) -> Finding:
         f"{int(vanished.sum())} below {VANISHING_NORM:g}, {int(bad.sum())} non-finite, median norm {median}"
         + (f" ({reason})" if reason else "")
         + f"; fires above {VANISHING_FRACTION:.0%}"
-        + ("" if is_differentiable(probe.target) else f"; {HANDLED} the target declares differentiable=False, so gradient attacks use BPDA")
+        + ("" if probe.tags.differentiable else f"; {HANDLED} the target declares differentiable=False, so gradient attacks use BPDA")
     )
     return probe.finding(fraction > VANISHING_FRACTION, detail)
 
@@ -311,7 +331,7 @@ def _randomized_predictions(probe: Probe) -> Finding:
     predictions = logits.argmax(dim=2)
     flips = ((predictions != predictions[0]).any(dim=0) & differs)
     n, n_flips = len(inputs), int(flips.sum())
-    declared = is_randomized(probe.target)
+    declared = probe.tags.randomized
     detail = (
         f"{RANDOMNESS_PASSES} forward passes of {n} inputs (probe examples and base PGD proposals): "
         f"predictions differ on {n_flips}, logits on {int(differs.sum())} (largest difference {spread.max().item():.3g}); "
@@ -344,6 +364,4 @@ def _transfer_beats_whitebox(probe: Probe) -> Finding:
         f"{whitebox_only}; sign test p={p:.2g}); fires when transfer breaks more than {TRANSFER_EXCESS:.0%} more "
         f"with p < {ALPHA}"
     )
-    if probe.whitebox_robust is not None:
-        detail += f"; the main run's white-box robust accuracy: {probe.whitebox_robust:.3f}"
     return probe.finding(fired, detail)

@@ -8,7 +8,7 @@ import pandas as pd
 from robench.diagnostics.registry import ALPHA, Diagnostic, Finding, check, registered
 from robench.errors import RobenchError
 from robench.risk import as_bool, worst_case_examples
-from robench.schema import KEYS, WORST_CASE
+from robench.schema import COUNTEREXAMPLE, KEYS, NOT_CERTIFIED, WORST_CASE
 from robench.stats import paired
 
 #: gradient_free_beats_gradient fires when the examples broken only by gradient-free attacks are
@@ -136,11 +136,11 @@ def attack_misses_counterexample(examples: pd.DataFrame, *, gradient_free: Colle
     and no break by any attack. ``gradient_free`` is unused: every table check takes the same arguments."""
     _require_columns(examples, _REQUIRED)
     rows = examples[examples["attack"] != WORST_CASE]
-    if "certify_status" not in rows.columns:
-        rows = rows.assign(certify_status="")
-    status = rows["certify_status"].fillna("").astype(str)
+    if "certify_status" not in rows.columns:  # a table without certifier rows
+        rows = rows.assign(certify_status=NOT_CERTIFIED)
+    status = rows["certify_status"].fillna(NOT_CERTIFIED).astype(str)
     keys, varying = _group_keys(rows), _varying(rows)
-    rows = rows.assign(from_certifier=status != "", counterexample=(status == "counterexample") & as_bool(rows["broken"]))
+    rows = rows.assign(from_certifier=status != NOT_CERTIFIED, counterexample=(status == COUNTEREXAMPLE) & as_bool(rows["broken"]))
     if not rows["from_certifier"].any():
         return  # no certifier in the suite: nothing to compare, and no row in every run that has none
     for values, group in rows.groupby(keys, sort=True, dropna=False):
@@ -165,10 +165,6 @@ def attack_misses_counterexample(examples: pd.DataFrame, *, gradient_free: Colle
 def table_checks(examples: pd.DataFrame, *, gradient_free: Collection[str]) -> list[Diagnostic]:
     """Every registered table check on a run's examples table (one row per (defense, ..., attack, example))."""
     return [row for c in registered("table") for row in c.run(examples, gradient_free=gradient_free)]
-
-
-#: the former name of :func:`table_checks`
-frame_checks = table_checks
 
 
 def _group_keys(examples: pd.DataFrame) -> list[str]:

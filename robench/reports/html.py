@@ -386,6 +386,8 @@ def report_context(run: RunFiles) -> dict[str, Any]:
         "grids": _image_grids(run),
         "diagnostics": _diagnostics(run),
         "failed_units": failed,
+        "discovered": [{"defense": str(d.get("name", "?")), "finding": str(line)} for d in meta["defenses"]
+                       for line in (d.get("discovered") or [])],
         "meta": meta,
         "palette": palette,
         "has_adversarial": run.adversarial is not None,

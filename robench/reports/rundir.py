@@ -23,8 +23,9 @@ import pandas as pd
 
 from robench.errors import RobenchError
 from robench.schema import (
-    ADVERSARIAL, ADVERSARIAL_ARRAYS, DIAGNOSTIC_REQUIRED, DIAGNOSTICS, EXAMPLE_REQUIRED, EXAMPLES, KEYS, PLAN,
-    RESULT_REQUIRED, RESULTS, RUN, read_table,
+    ADVERSARIAL, ADVERSARIAL_ARRAYS, AMOUNT, CERTIFY_STATUSES, COUNT, DIAGNOSTIC_REQUIRED, DIAGNOSTICS, EPSILON,
+    EXAMPLE_REQUIRED, EXAMPLES, FLAG, NAME, NUMBER, OPTIONAL, PLAN, RATE, RESULT_REQUIRED, RESULTS, RUN,
+    TABLE_TYPES, TEXT, read_table,
 )
 
 __all__ = ["RunFiles", "load_run", "read_results", "read_run_json", "read_adversarial", "validate_table",
@@ -33,10 +34,6 @@ __all__ = ["RunFiles", "load_run", "read_results", "read_run_json", "read_advers
 #: ranks of ``x`` in adversarial.npz: sequences N x C x L, images N x C x H x W
 SEQUENCE_NDIM, IMAGE_NDIM = 3, 4
 
-#: what each kind of column must hold (``validate_table``)
-NAME, COUNT, RATE, EPSILON, AMOUNT, NUMBER, FLAG = "name", "count", "rate", "epsilon", "amount", "number", "flag"
-#: a kind ending in "?" may also be empty (a column only some rows fill, e.g. a certifier's)
-OPTIONAL = "?"
 _KIND_TEXT = {
     NAME: "a name (not empty)",
     COUNT: "a whole number >= 0 (a count)",
@@ -45,30 +42,6 @@ _KIND_TEXT = {
     AMOUNT: "a finite number >= 0, or nothing",
     NUMBER: "a number, or nothing",
     FLAG: "true or false",
-}
-#: certify_status: what a certifier answered for an example, empty where none ran
-CERTIFY_STATUSES = ("", "certified", "counterexample", "unknown")
-#: per table: column -> kind (columns a table lacks are not checked here; ``required`` is read_table's)
-#: and the columns that identify a row (no two rows may share them)
-TABLE_TYPES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
-    RESULTS: ({
-        "defense": NAME, "model": NAME, "dataset": NAME, "norm": NAME, "attack": NAME, "epsilon": EPSILON,
-        "n_examples": COUNT, "robust": COUNT, "rejected": COUNT, "attacked": COUNT,
-        **{f"{rate}{end}": RATE for rate in ("clean_accuracy", "robust_accuracy", "adversarial_risk")
-           for end in ("", "_low", "_high")},
-        "queries_mean": AMOUNT, "seconds": AMOUNT,
-        "certified": COUNT + OPTIONAL, "unknown_fraction": NUMBER,
-        **{f"certified_accuracy{end}": RATE + OPTIONAL for end in ("", "_low", "_high")},
-    }, (*KEYS, "attack")),
-    EXAMPLES: ({
-        "defense": NAME, "model": NAME, "dataset": NAME, "norm": NAME, "attack": NAME, "epsilon": EPSILON,
-        "example": COUNT, "label": COUNT, "queries": COUNT, "draws": COUNT,
-        "clean_correct": FLAG, "broken": FLAG, "rejected": FLAG, "attacked": FLAG, "certified": FLAG,
-        "distance": NUMBER, "margin": NUMBER, "seconds": AMOUNT,
-    }, (*KEYS, "attack", "example")),
-    DIAGNOSTICS: ({  # no identity: a check may give one row per model or data set of a (defense, epsilon)
-        "defense": NAME, "check": NAME, "epsilon": EPSILON, "fired": FLAG,
-    }, ()),
 }
 #: how far a stored rate may lie from its count's ratio (CSV keeps 16 digits; a hand edit is far off)
 RATE_SLACK = 1e-6
@@ -166,6 +139,8 @@ def validate_table(frame: pd.DataFrame, path: str | Path, *, hint: str | None = 
     for column, kind in kinds.items():
         if column not in frame.columns:
             continue
+        if kind == TEXT:
+            continue  # free text; certify_status is checked against its vocabulary below
         if kind == NAME:
             blank = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
             if blank.any():

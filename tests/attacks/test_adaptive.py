@@ -17,6 +17,7 @@ from robench.defenses.resize_pad import random_resize_pad
 from robench.defenses.thermometer import Thermometer
 from robench.errors import RobenchError
 from robench.registry import attacks
+from robench.tags import target_tags
 from robench.target import QueryCounter, repeat_rows
 from robench.threat import ThreatModel
 from robench.verify import verify
@@ -94,11 +95,13 @@ def test_nested_wrappers_compose():
 
 def test_a_card_can_mark_a_preprocessed_block_non_differentiable():
     block = bit_depth(_linear())
-    block.differentiable = True  # as if the class forgot; build_defense sets the card's flag per instance
+    block.differentiable = True  # as if the class forgot: the card's flag, in the tags, marks it
     assert not needs_adaptation(block)
-    block.differentiable = False
+    tags = target_tags(block, overrides={"differentiable": False})
+    assert needs_adaptation(block, tags) and tags.non_differentiable == (block,)
     x, y = _images(), torch.arange(8) % 3
-    assert _input_gradient(adaptive_target(block), x, y).abs().sum() > 0
+    assert _input_gradient(adaptive_target(block, tags=tags), x, y).abs().sum() > 0
+    assert block.differentiable is True  # nothing written onto the module
 
 
 class _SignModel(nn.Module):

@@ -9,14 +9,18 @@ from torch import nn
 from robench import rng
 from robench.attacks.pgd import PGD
 from robench.certify import (
-    CERTIFIED, CERTIFIERS, COUNTEREXAMPLE, CROWN, IBP, MILP, STATUS_NAMES, UNKNOWN, Certification, Smoothing,
+    CERTIFIED, COUNTEREXAMPLE, CROWN, IBP, MILP, STATUS_NAMES, UNKNOWN, Certification, Smoothing,
     certifier_params, make_certifier,
 )
 from robench.errors import RobenchError
+from robench.registry import certifiers
 from robench.target import Normalized
 from robench.threat import ThreatModel
 from robench.verify import verify
 from robench.zoo.cnn import SmallCNN
+
+
+CERTIFIERS = certifiers.names()
 
 
 def test_registry_builds_certifiers_from_names_and_parameters():
@@ -36,6 +40,10 @@ def test_registry_builds_certifiers_from_names_and_parameters():
     assert [c.name for c in map(make_certifier, CERTIFIERS)] == list(CERTIFIERS)
     assert {m: make_certifier(m).norms for m in CERTIFIERS} == {
         "ibp": ("linf", "l2"), "crown": ("linf", "l2"), "milp": ("linf",), "smoothing": ("l2",)}
+    # declared, not decided by name: the assembly's soundness check reads ``sound``
+    assert {m: make_certifier(m).sound for m in CERTIFIERS} == {"ibp": True, "crown": True, "milp": True, "smoothing": False}
+    assert make_certifier("smoothing", n0=10, n=90).budget(ThreatModel("l2", 0.5)) == 100
+    assert make_certifier("milp").budget(ThreatModel("linf", 0.1)) == 0
 
 
 def test_certification_record():

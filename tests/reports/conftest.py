@@ -49,7 +49,8 @@ def make_run_dir(
                              "epsilon": float(epsilon), "attack": attack, "example": i, "label": i % 3,
                              "clean_correct": clean_correct, "broken": broken, "rejected": False,
                              "queries": 10 if attack == "pgd" else 400, "distance": 0.5 * epsilon,
-                             "margin": -1.0 if broken else 1.0, "seconds": 0.01})
+                             "margin": -1.0 if broken else 1.0, "draws": 1, "attacked": clean_correct,
+                             "certified": False, "certify_status": "", "seconds": 0.01})
     examples = pd.DataFrame(rows)
     results = summarize(examples)
     results.to_csv(path / "results.csv", index=False)
