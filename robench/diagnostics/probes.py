@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from robench import rng
 from robench.attacks.base import Attack
+from robench.batching import chunk_rows
 from robench.diagnostics.registry import ALPHA, Diagnostic, Finding, check, registered
 from robench.errors import RobenchError
 from robench.registry import attacks
@@ -127,7 +128,7 @@ class Probe:
     def with_random_starts(self) -> tuple[Tensor, Tensor]:
         """The probe examples and, after them, one PGD random start around each (from the probe's own
         seeds), with their labels: where the gradient checks look."""
-        start = self.threat.random_start(self.x, seeds=self.seeds("gradient-start"), counter=0, radius_counter=1)
+        start = self.threat.random_start(self.x, stream=rng.stream(self.seeds("gradient-start")))
         return torch.cat([self.x, start]), torch.cat([self.y, self.y])
 
     def finding(self, fired: bool, detail: str) -> Finding:
@@ -144,7 +145,7 @@ def probe_checks(
     y: Tensor,
     threat: ThreatModel,
     seed: int,
-    max_batch: int = 4096,
+    max_batch: int | None = None,
     whitebox_robust: float | None = None,
     clean_correct: Tensor | None = None,
     ids: Tensor | None = None,
@@ -170,6 +171,7 @@ def probe_checks(
     ids = torch.arange(len(x)) if ids is None else ids.detach().cpu().long()
     if len(ids) != len(x) or len(y) != len(x):
         raise RobenchError(f"diagnostics: x, y and ids must have the same length, got {len(x)}, {len(y)} and {len(ids)}")
+    max_batch = max_batch or chunk_rows(x)
     checks = registered("probe")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(rng.derive_seed(seed, "diagnostics", defense, float(threat.epsilon)))
@@ -196,18 +198,18 @@ def unbounded_threat(threat: ThreatModel, shape: tuple[int, ...]) -> ThreatModel
     """The same norm with a ball that covers the whole data box (L-inf: the range; L2: the diagonal)."""
     lo, hi = threat.bounds
     size = math.prod(shape)
-    epsilon = (hi - lo) if threat.norm == "linf" else (hi - lo) * math.sqrt(size)
+    epsilon = threat.ball.covering_radius(hi - lo, size)
     return ThreatModel(threat.norm, epsilon, threat.bounds)
 
 
-def input_gradient_norms(target: nn.Module, x: Tensor, y: Tensor, *, max_batch: int = 4096) -> tuple[Tensor, str]:
+def input_gradient_norms(target: nn.Module, x: Tensor, y: Tensor, *, max_batch: int | None = None) -> tuple[Tensor, str]:
     """Per-row L2 norm of the cross-entropy loss's input gradient (NaN where it is not finite).
 
     Returns zeros, with the reason, when the output does not depend on the input through autograd
     (a ``no_grad`` or NumPy step inside the target) or autograd fails.
     """
     try:
-        _, grad, _ = loss_and_gradient(target, x, y, max_batch=max_batch)
+        _, grad, _ = loss_and_gradient(target, x, y, max_batch=max_batch or chunk_rows(x))
     except NoGradient as exc:
         return torch.zeros(len(x), device=x.device), str(exc)
     except RuntimeError as exc:
