@@ -30,7 +30,7 @@ from robench.registry import defenses as defense_registry
 from robench.registry import models as model_registry
 from robench.spec import EvalConfig, resolve_device
 from robench.target import Normalized, check_logits, describe_inputs, input_kind, supports_input
-from robench.threat import ThreatModel
+from robench.threat import NORMS, ThreatModel
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def suite_attacks(suite: SuiteCard, config: EvalConfig, data: Dataset) -> dict[s
     unsupported = [label for label, (_, attack) in built.items() if not attack.supports(config.norm)]
     if unsupported:
         raise RobenchError(f"suite {suite.name!r}: attack(s) {', '.join(unsupported)} have no {config.norm} version; "
-                           f"use --norm {'l2' if config.norm == 'linf' else 'linf'} or drop them from the suite")
+                           f"use --norm {' or '.join(n for n in NORMS if n != config.norm)} or drop them from the suite")
     kind = input_kind(data.input_shape)
     for label, (_, attack) in built.items():
         if not supports_input(attack.inputs, kind):
