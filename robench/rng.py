@@ -10,6 +10,7 @@ give the same numbers. The hash is Wellons' "lowbias32" integer mixer, evaluated
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +41,12 @@ def example_seeds(run_seed: int, key: str, example_ids: Tensor) -> Tensor:
     return hash32(hash32(example_ids.long() + base) + 0x9E3779B9)
 
 
+#: mixed into a counter before it keys a stream
+_COUNTER_SALT = 0x632BE5AB
+
+
 def _stream_keys(seeds: Tensor, counter: int) -> Tensor:
-    return hash32(seeds.long() ^ hash32(torch.full_like(seeds.long(), counter & _MASK32) + 0x632BE5AB))
+    return hash32(seeds.long() ^ hash32(torch.full_like(seeds.long(), counter & _MASK32) + _COUNTER_SALT))
 
 
 def random_bits(seeds: Tensor, counter: int, shape: tuple[int, ...], offset: int = 0) -> Tensor:
@@ -141,6 +146,7 @@ class Stream:
         self.index = int(index)
         self._draws = 0  # draws made so far (unit "draw")
         self._next = self.index * layout.stride  # the next free uniform counter (unit "counter")
+        self._positions: dict[int, Tensor] = {}  # hashed positions per draw size (bits)
 
     def _take(self, kind: str) -> int:
         """The counter of the next draw of ``kind``, in that kind's own units."""
@@ -166,12 +172,18 @@ class Stream:
         """±1; ``offset``: start at that position of the draw (a block of a longer draw)."""
         return rademacher(self.seeds, self._take("rademacher"), shape, dtype, offset)
 
-    def bits(self, shape: tuple[int, ...]) -> Tensor:
-        return random_bits(self.seeds, self._take("bits"), shape)
-
-    def counter(self, kind: str = "bits") -> int:
-        """The counter of the next draw (consumed), for fast paths that hash a counter themselves."""
-        return self._take(kind)
+    def bits(self, shape: tuple[int, ...], rows: Tensor | None = None) -> Tensor:
+        """32-bit integers, as :func:`random_bits`; ``rows``: for those examples only (a working
+        set; the same numbers as ``subset(rows).bits(shape)``). What does not depend on the example
+        (the hashed positions, the counter's key) is computed once, so an attack that draws a few
+        numbers per example per step (Square) pays for its arithmetic, not for hashing."""
+        counter = self._take("bits")
+        seeds = (self.seeds if rows is None else self.seeds[rows]).long()
+        n = math.prod(shape)
+        if n not in self._positions:
+            self._positions[n] = hash32(torch.arange(n, device=seeds.device, dtype=torch.long)).view(1, -1)
+        keys = hash32(seeds ^ hash32((counter & _MASK32) + _COUNTER_SALT))  # plain ints: no tensor op
+        return hash32(keys.view(-1, 1) ^ self._positions[n]).view(len(seeds), *shape)
 
     def subset(self, rows: Tensor) -> "Stream":
         """The same stream, at the same point, for the examples ``rows`` only."""

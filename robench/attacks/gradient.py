@@ -4,9 +4,14 @@ Registered short names pick the foolbox class that matches the threat model's no
 ``LinfBasicIterativeAttack`` under L-inf and ``L2BasicIterativeAttack`` under L2);
 ``foolbox.ClassName`` names any other foolbox attack directly. ``pgd`` is robench's own
 (``robench/attacks/pgd.py``: same parameters, faster); foolbox's PGD stays reachable as
-``foolbox.LinfPGD`` / ``foolbox.L2PGD``. Parameters of a card go to the foolbox class, except
-``restarts`` (robench runs the attack again from a new random start on the examples still robust,
+``foolbox.LinfPGD`` / ``foolbox.L2PGD``. So is ``mifgsm`` (``robench/attacks/mifgsm.py``: the
+paper's L1-normalized momentum, which foolbox omits, with early exit and exact query counts);
+foolbox's is ``foolbox.LinfMomentumIterativeFastGradientMethod`` / ``foolbox.L2Momentum...``.
+Parameters of a card go to the foolbox class, except ``restarts`` (robench runs the attack again from a new random start on the examples still robust,
 keeping the first proposal that breaks each one).
+
+Restarts, the check between them and query counts are ``robench.attacks.iterative``'s; rows are
+counted per example (foolbox asks for whole copies of a chunk), not the chunk's total rounded.
 
 Randomness: PGD-style random starts are drawn from the per-example counter streams of
 ``robench.rng``, so they do not depend on the batch; other foolbox attacks draw from torch's

@@ -147,25 +147,6 @@ def _place_window(values: Tensor, corner_h: Tensor, corner_w: Tensor, h: int, w:
     return values.gather(2, rows).gather(3, cols)
 
 
-class _Draws:
-    """Per-example random integers for one iteration, equal to ``rng.random_bits(seeds, counter, (k,))``.
-
-    The same counter-based streams, with the parts that do not depend on the example (the hashed
-    positions and the counter's key) computed once: Square draws a handful of numbers per example
-    per iteration, so the hashing, not the arithmetic, would otherwise be its overhead.
-    """
-
-    def __init__(self, seeds: Tensor, count: int) -> None:
-        self.seeds = seeds.long()
-        self.positions = rng.hash32(torch.arange(count, device=seeds.device, dtype=torch.long)).view(1, -1)
-
-    def bits(self, counter: int, seeds: Tensor | None = None) -> Tensor:
-        seeds = self.seeds if seeds is None else seeds.long()
-        counter_key = rng.hash32((counter & 0xFFFFFFFF) + 0x632BE5AB)  # plain ints: no tensor op
-        keys = rng.hash32(seeds ^ counter_key)
-        return rng.hash32(keys.view(-1, 1) ^ self.positions)
-
-
 def _ints(bits: Tensor, highs: tuple[int, ...]) -> Tensor:
     """Integers uniform on [0, highs[j]) from 24 random bits per column j."""
     high = torch.tensor(highs, dtype=torch.long, device=bits.device)
@@ -234,12 +215,11 @@ class Square(Attack):
         queries = torch.ones(n, dtype=torch.long, device=x.device)
         active = torch.nonzero(best_margin >= 0).squeeze(1)  # misclassified examples are done
         iterations = self.queries - 1
-        draws = _Draws(seeds, 5 + c)  # 4 corner coordinates, a sign per channel, a transpose bit
         for iteration in range(iterations):
             if len(active) == 0:
                 break
-            x_a, best_a, s_a = x0[active], best[active], seeds[active]
-            bits = draws.bits(stream.counter("bits"), s_a)
+            x_a, best_a = x0[active], best[active]
+            bits = stream.bits((5 + c,), rows=active)  # 4 corner coordinates, a sign per channel, a transpose bit
             p = p_schedule(p_init, iteration, self.queries)
             candidate = threat.project(version.step(x_a, best_a, bits, p, eps, threat), x_a)
             candidate_margin = loss(candidate, y[active])
