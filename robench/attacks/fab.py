@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -141,6 +142,14 @@ def _by_likelihood(logits: Tensor) -> Tensor:
     return logits.sort(dim=1, descending=True, stable=True)[1]
 
 
+class _CleanPass(NamedTuple):
+    """The clean pass: classes by decreasing logit, and f = z_t - z_y towards the runner-up with its gradient."""
+
+    ranking: Tensor
+    f: Tensor
+    grad: Tensor
+
+
 @attacks.register("fab-t", description="Targeted FAB, AutoAttack's FAB-T (Croce & Hein 2020, ICML)")
 class FABT(IterativeAttack):
     """Targeted FAB with AutoAttack's standard settings (9 targets, 100 steps, 1 run per target)."""
@@ -192,11 +201,11 @@ class FABT(IterativeAttack):
         an example it misclassifies is done (its clean input is the proposal)."""
         f, grad, logits = loss_gradient_logits(batch.target, batch.x, batch.y, loss=_runner_up, max_batch=batch.max_batch)
         check_logits(logits, len(batch.x))
-        return Setup(passes=1, done=logits.argmax(1) != batch.y, context=(_by_likelihood(logits), f, grad))
+        return Setup(passes=1, done=logits.argmax(1) != batch.y, context=_CleanPass(_by_likelihood(logits), f, grad))
 
     def runs(self, setup: Setup) -> Iterable[Run]:
         """The k-th most likely other class (k = 1 .. n_target_classes), each with its restarts."""
-        ranking = setup.context[0]
+        ranking = setup.context.ranking
         targets = min(self.n_target_classes, ranking.shape[1] - 1)
         return (Run(r, ranking[:, k], k) for k in range(1, targets + 1) for r in range(self.restarts))
 
@@ -209,7 +218,7 @@ class FABT(IterativeAttack):
         t = run.classes[batch.rows]
         used = torch.zeros(len(x_t), dtype=torch.long, device=x_t.device)
         if run.target == 1 and run.restart == 0:
-            start, f_t, grad_t = x_t, setup.context[1][batch.rows], setup.context[2][batch.rows]
+            start, f_t, grad_t = x_t, setup.context.f[batch.rows], setup.context.grad[batch.rows]
         else:
             start = x_t
             if run.restart > 0:
