@@ -32,7 +32,7 @@ from robench.spec import EvalConfig, resolve_device
 from robench.discover import DISCOVERY_EXAMPLES, Findings, discover
 from robench.tags import Declared, TargetTags, target_tags, with_findings, with_overrides
 from robench.target import Normalized, check_logits, describe_inputs, input_kind, supports_input
-from robench.threat import ThreatModel
+from robench.threat import NORMS, ThreatModel
 
 if TYPE_CHECKING:
     from robench.certify import Certifier
@@ -198,7 +198,7 @@ def suite_attacks(suite: SuiteCard, config: EvalConfig, data: Dataset) -> dict[s
     unsupported = [label for label, (_, attack) in built.items() if not attack.supports(config.norm)]
     if unsupported:
         raise RobenchError(f"suite {suite.name!r}: attack(s) {', '.join(unsupported)} have no {config.norm} version; "
-                           f"use --norm {'l2' if config.norm == 'linf' else 'linf'} or drop them from the suite")
+                           f"use --norm {' or '.join(n for n in NORMS if n != config.norm)} or drop them from the suite")
     kind = input_kind(data.input_shape)
     for label, (_, attack) in built.items():
         if not supports_input(attack.inputs, kind):

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robench.errors import RobenchError
-from robench.threat import ThreatModel
+from robench import rng
+from robench.threat import BALLS, ThreatModel
 
 shapes = st.sampled_from([(3, 1, 4, 4), (2, 3, 5, 5), (5, 10)])
 
@@ -73,3 +74,37 @@ def test_l2_epsilon_beyond_the_diameter_is_rejected():
     ThreatModel("l2", 7.9).check_input_size(64)
     with pytest.raises(RobenchError, match="diameter"):
         ThreatModel("l2", 8.1).check_input_size(64)
+
+
+@pytest.mark.parametrize("name", sorted(BALLS))
+def test_every_ball_keeps_its_contract(name):
+    """What attacks rely on, for each registered norm: projection lands in the ball, the steepest
+    direction has unit norm and ascends, random points lie in (uniform) or on (surface, extreme
+    points) the ball, and the dual norm bounds <w, delta> over the ball."""
+    ball = BALLS[name]
+    generator = torch.Generator().manual_seed(0)
+    delta = 3 * torch.randn(16, 2, 3, 3, generator=generator)
+    eps = 0.4
+    assert (ball.norm(ball.project(delta, eps).flatten(1)) <= eps + 1e-6).all()
+    grad = torch.randn(16, 2, 3, 3, generator=generator)
+    direction = ball.steepest_direction(grad)
+    assert torch.allclose(ball.norm(direction.flatten(1)), torch.ones(16), atol=1e-5)
+    assert torch.allclose((grad * direction).flatten(1).sum(1), ball.dual_norm(grad.flatten(1)), rtol=1e-4)
+    seeds = rng.example_seeds(0, name, torch.arange(16))
+    inside = ball.uniform(rng.stream(seeds), (2, 3, 3), eps, torch.float32)
+    assert inside.shape == (16, 2, 3, 3) and (ball.norm(inside.flatten(1)) <= eps + 1e-6).all()
+    on = ball.surface(rng.stream(seeds), (2, 3, 3), eps, torch.float32)
+    assert torch.allclose(ball.norm(on.flatten(1)), torch.full((16,), eps), atol=1e-5)
+    extreme = ball.extreme_points(rng.stream(seeds), 5, (2, 3, 3), eps, torch.float32)
+    assert extreme.shape == (16, 5, 2, 3, 3)
+    assert torch.allclose(ball.norm(extreme.flatten(2).flatten(0, 1)), torch.full((80,), eps), atol=1e-5)
+    assert ball.covering_radius(1.0, 18) >= ball.norm(torch.ones(1, 18)).item() - 1e-6  # covers the unit box
+    assert ThreatModel(name, 0.1).ball is ball
+
+
+def test_threat_model_delegates_to_its_ball():
+    threat = ThreatModel("l2", 0.5, bounds=(-10.0, 10.0))  # bounds far away: no clipping
+    x = torch.rand(4, 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    start = threat.random_start(x, stream=rng.stream(rng.example_seeds(0, "d", torch.arange(4))), surface=True)
+    assert torch.allclose(threat.distance(start, x), torch.full((4,), 0.5), atol=1e-5)
+    assert threat.step_scale(9) == pytest.approx(0.5 / 3) and ThreatModel("linf", 0.1).step_scale(9) == 0.1

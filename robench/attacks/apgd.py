@@ -26,8 +26,8 @@ denominator is z_pi1 - z_pi3 with 3 classes and 1 with 2 (then the loss is the m
 
 Vectorized over examples; an example leaves the batch as soon as an iterate misclassifies it (that
 iterate is its proposal), so robust examples get the whole budget. The random start is drawn from
-the per-example streams of ``robench.rng`` (counter = the restart; APGD-T: target index * restarts
-+ restart). Queries count target rows: each forward+backward pass of an example times the target's
+the per-example streams of ``robench.rng`` (stream = the run's position: the restart; APGD-T:
+target class by target class, each with its restarts). Queries count target rows: each forward+backward pass of an example times the target's
 ``queries_per_row`` (an EOT wrapper's draws), at most 1 + steps per restart for APGD-CE/DLR; APGD-T
 adds one clean forward per example to choose the targets, then up to 1 + steps per target class and
 restart, so at most queries_per_row * (1 + n_targets * restarts * (1 + steps)).
@@ -41,12 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.attacks.base import Attack, AttackResult
-from robench.batching import chunk_rows
+from robench import rng
+from robench.attacks.iterative import Batch, IterativeAttack, Run, RunResult, Setup
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import check_logits, logits_in_chunks, loss_and_gradient, queries_per_row
-from robench.threat import ThreatModel, steepest_direction
+from robench.target import check_logits, logits_in_chunks, loss_and_gradient
+from robench.threat import ThreatModel
 
 MOMENTUM = 0.75
 
@@ -111,8 +111,8 @@ def ce_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-class APGD(Attack):
-    """Shared Algorithm 1; subclasses pick the loss."""
+class APGD(IterativeAttack):
+    """Shared Algorithm 1 (one run); ``IterativeAttack`` runs the restarts; subclasses pick the loss."""
 
     gradient_free = False
 
@@ -137,43 +137,15 @@ class APGD(Attack):
     def budget(self, threat: ThreatModel) -> int:
         return (self.steps + 1) * self.restarts
 
-    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
-        max_batch = self.max_batch or chunk_rows(x)
-        x_adv, queries = self._runs(target, x.detach(), y, seeds, threat, max_batch, [(r, None) for r in range(self.restarts)],
-                                    per_row=queries_per_row(target))
-        return AttackResult(x_adv, queries)
-
-    def _runs(
-        self, target: nn.Module, x0: Tensor, y: Tensor, seeds: Tensor, threat: ThreatModel, max_batch: int,
-        runs: Iterable[tuple[int, Tensor | None]], per_row: int = 1,
-    ) -> tuple[Tensor, Tensor]:
-        """Algorithm 1 once per (random-start counter, target classes or None) of ``runs``, each on
-        the examples no earlier run broke: (proposals, queries times ``per_row``) per example.
-
-        An example keeps the first proposal that misclassifies it, else the one of highest loss.
-        """
-        n = len(x0)
-        x_adv = x0.clone()
-        best_loss = torch.full((n,), -math.inf, device=x0.device)
-        queries = torch.zeros(n, dtype=torch.long, device=x0.device)
-        remaining = torch.arange(n, device=x0.device)
-        for counter, classes in runs:
-            chosen = None if classes is None else classes[remaining]
-            proposal, loss, broken, used = self._single_run(
-                target, x0[remaining], y[remaining], seeds[remaining], counter, threat, max_batch, chosen
-            )
-            queries[remaining] += used * per_row
-            better = broken | (loss > best_loss[remaining])
-            x_adv[remaining] = torch.where(better.view(-1, *[1] * (x0.dim() - 1)), proposal, x_adv[remaining])
-            best_loss[remaining] = torch.where(better, loss, best_loss[remaining])
-            remaining = remaining[~broken]
-            if len(remaining) == 0:
-                break
-        return x_adv, queries
-
-    def _random_start(self, x: Tensor, seeds: Tensor, counter: int, threat: ThreatModel) -> Tensor:
-        """Uniform direction scaled to the ball's surface, as in the reference code."""
-        return threat.random_start(x, seeds=seeds, counter=counter, surface=True)
+    def attack_run(self, batch: Batch, run: Run, stream: rng.Stream, setup: Setup) -> RunResult:
+        """Algorithm 1 from a random start on the ball's surface (the reference code's), towards
+        ``run.classes`` for a targeted loss; an example keeps the first proposal that breaks it,
+        else the one of highest loss."""
+        current = batch.threat.random_start(batch.x, stream=stream, surface=True)
+        classes = None if run.classes is None else run.classes[batch.rows]
+        proposal, loss, broken, used = self._single_run(batch.target, batch.x, batch.y, current, batch.threat, batch.max_batch,
+                                                        classes)
+        return RunResult(proposal, used, broken=broken, score=loss)
 
     def _loss_and_gradient(
         self, target: nn.Module, x: Tensor, y: Tensor, classes: Tensor | None, max_batch: int
@@ -194,16 +166,14 @@ class APGD(Attack):
         return torch.cat(losses), torch.cat(grads), torch.cat(correct)
 
     def _single_run(
-        self, target: nn.Module, x: Tensor, y: Tensor, seeds: Tensor, counter: int, threat: ThreatModel, max_batch: int,
+        self, target: nn.Module, x: Tensor, y: Tensor, current: Tensor, threat: ThreatModel, max_batch: int,
         classes: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Algorithm 1 on (x, y) from the random start of stream ``counter``: (proposal, its loss,
-        broken, forward+backward passes) per example; ``classes``: per-example target classes of
-        a targeted loss."""
+        """Algorithm 1 on (x, y) from ``current``: (proposal, its loss, broken, forward+backward
+        passes) per example; ``classes``: per-example target classes of a targeted loss."""
         n = len(x)
         view = (-1, *[1] * (x.dim() - 1))
         checks = set(checkpoints(self.steps))
-        current = self._random_start(x, seeds, counter, threat)
         loss, grad, correct = self._loss_and_gradient(target, current, y, classes, max_batch)
         queries = torch.ones(n, dtype=torch.long, device=x.device)
         proposal, best_loss, best_grad = current.clone(), loss.clone(), grad.clone()
@@ -221,7 +191,7 @@ class APGD(Attack):
                 break
             x_a, cur_a = x[active], current[active]
             alpha = MOMENTUM if k > 0 else 1.0
-            z = threat.project(cur_a + step_size[active].view(view) * steepest_direction(grad[active], threat.norm), x_a)
+            z = threat.project(cur_a + step_size[active].view(view) * threat.steepest_direction(grad[active]), x_a)
             nxt = threat.project(cur_a + alpha * (z - cur_a) + (1 - alpha) * (cur_a - previous[active]), x_a)
             previous[active] = cur_a
             current[active] = nxt
@@ -294,14 +264,12 @@ class APGDT(APGD):
     def budget(self, threat: ThreatModel) -> int:
         return 1 + (self.steps + 1) * self.restarts * self.n_target_classes
 
-    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
-        if len(x) == 0:
-            return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
-        max_batch = self.max_batch or chunk_rows(x)
-        per_row = queries_per_row(target)
-        x0 = x.detach()
-        clean = check_logits(logits_in_chunks(target, x0, max_batch), len(x0)).float()  # one forward row each, counted
-        classes = target_classes(clean, y, self.n_target_classes)
-        runs = [(k * self.restarts + r, classes[:, k]) for k in range(classes.shape[1]) for r in range(self.restarts)]
-        x_adv, queries = self._runs(target, x0, y, seeds, threat, max_batch, runs, per_row=per_row)
-        return AttackResult(x_adv, queries + per_row)
+    def prepare(self, batch: Batch) -> Setup:
+        """One clean forward per example (counted) ranks the target classes."""
+        clean = check_logits(logits_in_chunks(batch.target, batch.x, batch.max_batch), len(batch.x)).float()
+        return Setup(passes=1, context=target_classes(clean, batch.y, self.n_target_classes))
+
+    def runs(self, setup: Setup) -> Iterable[Run]:
+        """Target class k's restarts r, in that order (run k * restarts + r)."""
+        classes = setup.context
+        return (Run(r, classes[:, k], k + 1) for k in range(classes.shape[1]) for r in range(self.restarts))

@@ -40,16 +40,18 @@ misclassified iterates before the last step), plus one pass at the start of ever
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from robench.attacks.base import Attack, AttackResult
-from robench.batching import chunk_rows
+from robench import rng
+from robench.attacks.iterative import Batch, IterativeAttack, Run, RunResult, Setup
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import check_logits, logits_in_chunks, loss_gradient_logits, queries_per_row
-from robench.threat import ThreatModel, random_delta
+from robench.target import check_logits, logits_in_chunks, loss_gradient_logits
+from robench.threat import Ball, ThreatModel, ball_of
 
 #: radius of the random start of restarts after the first, relative to eps (reference code)
 RANDOM_START_RADIUS = 0.5
@@ -57,7 +59,7 @@ RANDOM_START_RADIUS = 0.5
 _MIN_STEP_NORM = 1e-8
 
 
-def project_hyperplane_box(x: Tensor, w: Tensor, c: Tensor, lo: float, hi: float, norm: str) -> Tensor:
+def project_hyperplane_box(x: Tensor, w: Tensor, c: Tensor, lo: float, hi: float, norm: str | Ball) -> Tensor:
     """The minimal-norm step onto a hyperplane inside a box, exactly, per row.
 
     For rows ``x``, ``w`` of shape (B, d) and ``c`` of shape (B,), returns delta solving
@@ -87,8 +89,7 @@ def project_hyperplane_box(x: Tensor, w: Tensor, c: Tensor, lo: float, hi: float
     box corner that goes furthest towards it, delta_i = sign(v_i) r_i (the limit tau -> inf).
     Vectorized over rows: one sort and a few cumulative sums, no per-row loop.
     """
-    if norm not in ("linf", "l2"):
-        raise RobenchError(f"no box-constrained projection for norm {norm!r}")
+    ball = ball_of(norm)
     dtype = x.dtype
     work = torch.promote_types(dtype, torch.float32)
     x, w, c = x.to(work), w.to(work), c.to(work)
@@ -98,10 +99,7 @@ def project_hyperplane_box(x: Tensor, w: Tensor, c: Tensor, lo: float, hi: float
     a = v.abs()
     moving = a > 0
     room = torch.where(v > 0, hi - x, x - lo).clamp_min(0.0)
-    if norm == "linf":
-        weight, breakpoint = a, room
-    else:
-        weight, breakpoint = a * a, room / torch.where(moving, a, torch.ones_like(a))
+    weight, breakpoint = ball.hyperplane_terms(a, room, moving)
     breakpoint = torch.where(moving, breakpoint, torch.full_like(breakpoint, math.inf))
     bp, order = breakpoint.sort(dim=1, stable=True)
     m = weight.gather(1, order)  # zero exactly where the breakpoint is inf (w_i = 0), sorted last
@@ -118,7 +116,7 @@ def project_hyperplane_box(x: Tensor, w: Tensor, c: Tensor, lo: float, hi: float
     tau = (target - reached_before) / slope.clamp_min(torch.finfo(work).tiny)
     tau = torch.minimum(torch.maximum(tau, lower), bp.gather(1, kc))
     tau = torch.where(feasible, tau, torch.full_like(tau, math.inf))
-    scale = tau if norm == "linf" else tau * a
+    scale = ball.hyperplane_step(tau, a)
     amount = torch.where(moving, torch.minimum(torch.where(moving, scale, torch.zeros_like(scale)), room), torch.zeros_like(room))
     return (torch.sign(v) * amount).to(dtype)
 
@@ -144,8 +142,16 @@ def _by_likelihood(logits: Tensor) -> Tensor:
     return logits.sort(dim=1, descending=True, stable=True)[1]
 
 
+class _CleanPass(NamedTuple):
+    """The clean pass: classes by decreasing logit, and f = z_t - z_y towards the runner-up with its gradient."""
+
+    ranking: Tensor
+    f: Tensor
+    grad: Tensor
+
+
 @attacks.register("fab-t", description="Targeted FAB, AutoAttack's FAB-T (Croce & Hein 2020, ICML)")
-class FABT(Attack):
+class FABT(IterativeAttack):
     """Targeted FAB with AutoAttack's standard settings (9 targets, 100 steps, 1 run per target)."""
 
     name = "fab-t"
@@ -190,48 +196,40 @@ class FABT(Attack):
     def budget(self, threat: ThreatModel) -> int:
         return 1 + (self.steps + 1) * self.restarts * self.n_target_classes
 
-    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
-        n = len(x)
-        if n == 0:
-            return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
-        max_batch = self.max_batch or chunk_rows(x)
-        per_row = queries_per_row(target)
-        x0 = x.detach()
-        seeds = seeds.to(x.device)
-        eps = threat.epsilon
-        # the clean pass: its logits rank the targets, and it is the start of target 1's first run
-        f, grad, logits = loss_gradient_logits(target, x0, y, loss=_runner_up, max_batch=max_batch)
-        check_logits(logits, n)
-        ranking = _by_likelihood(logits)
-        queries = torch.ones(n, dtype=torch.long, device=x.device)
-        proposal = x0.clone()
-        best_norm = torch.full((n,), math.inf, device=x.device, dtype=torch.float32)
-        best_norm[logits.argmax(1) != y] = 0.0  # already misclassified: the clean input is the proposal
-        targets = min(self.n_target_classes, logits.shape[1] - 1)
-        for k in range(1, targets + 1):
-            for restart in range(self.restarts):
-                todo = torch.nonzero(best_norm > eps).squeeze(1)  # not broken within eps yet
-                if len(todo) == 0:
-                    return AttackResult(proposal, queries * per_row)
-                x_t, y_t, t = x0[todo], y[todo], ranking[todo, k]
-                if k == 1 and restart == 0:
-                    start, f_t, grad_t = x_t, f[todo], grad[todo]
-                else:
-                    start = x_t
-                    if restart > 0:
-                        counter = (k - 1) * self.restarts + restart
-                        delta = random_delta(threat.norm, RANDOM_START_RADIUS * eps, tuple(x.shape[1:]), seeds=seeds[todo],
-                                             counter=counter, surface=True, dtype=x.dtype, device=x.device)
-                        start = threat.clip_to_bounds(x_t + delta)
-                    f_t, grad_t, _ = _difference_and_gradient(target, start, y_t, t, max_batch)
-                    queries[todo] += 1
-                found, norm, used = self._single_run(target, x_t, y_t, t, start, f_t, grad_t, threat, max_batch)
-                queries[todo] += used
-                better = norm < best_norm[todo]
-                view = (-1, *[1] * (x.dim() - 1))
-                proposal[todo] = torch.where((better & (norm <= eps)).view(view), found, proposal[todo])
-                best_norm[todo] = torch.where(better, norm, best_norm[todo])
-        return AttackResult(proposal, queries * per_row)
+    def prepare(self, batch: Batch) -> Setup:
+        """The clean pass: its logits rank the targets, and it is the start of target 1's first run;
+        an example it misclassifies is done (its clean input is the proposal)."""
+        f, grad, logits = loss_gradient_logits(batch.target, batch.x, batch.y, loss=_runner_up, max_batch=batch.max_batch)
+        check_logits(logits, len(batch.x))
+        return Setup(passes=1, done=logits.argmax(1) != batch.y, context=_CleanPass(_by_likelihood(logits), f, grad))
+
+    def runs(self, setup: Setup) -> Iterable[Run]:
+        """The k-th most likely other class (k = 1 .. n_target_classes), each with its restarts."""
+        ranking = setup.context.ranking
+        targets = min(self.n_target_classes, ranking.shape[1] - 1)
+        return (Run(r, ranking[:, k], k) for k in range(1, targets + 1) for r in range(self.restarts))
+
+    def attack_run(self, batch: Batch, run: Run, stream: rng.Stream, setup: Setup) -> RunResult:
+        """One run towards ``run.classes``: from the clean input (the first run reuses the clean
+        pass), or after the first restart from a random point of the sphere of radius eps / 2.
+        The proposal is the smallest-norm adversarial iterate if it lies within eps, else the clean
+        input; the score prefers smaller norms."""
+        threat, x_t, y_t = batch.threat, batch.x, batch.y
+        t = run.classes[batch.rows]
+        used = torch.zeros(len(x_t), dtype=torch.long, device=x_t.device)
+        if run.target == 1 and run.restart == 0:
+            start, f_t, grad_t = x_t, setup.context.f[batch.rows], setup.context.grad[batch.rows]
+        else:
+            start = x_t
+            if run.restart > 0:
+                delta = threat.random_delta(stream, tuple(x_t.shape[1:]), dtype=x_t.dtype, surface=True, radius=RANDOM_START_RADIUS)
+                start = threat.clip_to_bounds(x_t + delta)
+            f_t, grad_t, _ = _difference_and_gradient(batch.target, start, y_t, t, batch.max_batch)
+            used += 1
+        found, norm, passes = self._single_run(batch.target, x_t, y_t, t, start, f_t, grad_t, threat, batch.max_batch)
+        view = (-1, *[1] * (x_t.dim() - 1))
+        within = norm <= threat.epsilon
+        return RunResult(torch.where(within.view(view), found, x_t), used + passes, broken=within, score=-norm)
 
     def _single_run(
         self, target: nn.Module, x0: Tensor, y: Tensor, t: Tensor, start: Tensor, f: Tensor, grad: Tensor,
@@ -259,10 +257,10 @@ class FABT(Attack):
             f_now = f.to(current.dtype)
             # the same hyperplane seen from the iterate and from the clean point
             f_orig = f_now + (w * (flat0 - flat)).sum(dim=1)
-            delta_k = project_hyperplane_box(flat, w, -f_now, lo, hi, threat.norm)
-            delta_o = project_hyperplane_box(flat0, w, -f_orig, lo, hi, threat.norm)
-            size_k = self._norm(delta_k, threat.norm).clamp_min(_MIN_STEP_NORM)
-            size_o = self._norm(delta_o, threat.norm).clamp_min(_MIN_STEP_NORM)
+            delta_k = project_hyperplane_box(flat, w, -f_now, lo, hi, threat.ball)
+            delta_o = project_hyperplane_box(flat0, w, -f_orig, lo, hi, threat.ball)
+            size_k = threat.ball.norm(delta_k).clamp_min(_MIN_STEP_NORM)
+            size_o = threat.ball.norm(delta_o).clamp_min(_MIN_STEP_NORM)
             alpha = (size_k / (size_k + size_o)).clamp(0.0, self.alpha_max).unsqueeze(1)
             nxt = (1 - alpha) * (flat + self.eta * delta_k) + alpha * (flat0 + self.eta * delta_o)
             current = threat.clip_to_bounds(nxt).view_as(x_a)
@@ -296,7 +294,3 @@ class FABT(Attack):
                 f[back], grad[back], _ = _difference_and_gradient(target, pulled, y_a[back], t_a[back], max_batch)
                 used[index[back]] += 1
         return found, found_norm, used
-
-    @staticmethod
-    def _norm(delta: Tensor, norm: str) -> Tensor:
-        return delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)

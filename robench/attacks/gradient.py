@@ -4,9 +4,14 @@ Registered short names pick the foolbox class that matches the threat model's no
 ``LinfBasicIterativeAttack`` under L-inf and ``L2BasicIterativeAttack`` under L2);
 ``foolbox.ClassName`` names any other foolbox attack directly. ``pgd`` is robench's own
 (``robench/attacks/pgd.py``: same parameters, faster); foolbox's PGD stays reachable as
-``foolbox.LinfPGD`` / ``foolbox.L2PGD``. Parameters of a card go to the foolbox class, except
-``restarts`` (robench runs the attack again from a new random start on the examples still robust,
+``foolbox.LinfPGD`` / ``foolbox.L2PGD``. So is ``mifgsm`` (``robench/attacks/mifgsm.py``: the
+paper's L1-normalized momentum, which foolbox omits, with early exit and exact query counts);
+foolbox's is ``foolbox.LinfMomentumIterativeFastGradientMethod`` / ``foolbox.L2Momentum...``.
+Parameters of a card go to the foolbox class, except ``restarts`` (robench runs the attack again from a new random start on the examples still robust,
 keeping the first proposal that breaks each one).
+
+Restarts, the check between them and query counts are ``robench.attacks.iterative``'s; rows are
+counted per example (foolbox asks for whole copies of a chunk), not the chunk's total rounded.
 
 Randomness: PGD-style random starts are drawn from the per-example counter streams of
 ``robench.rng``, so they do not depend on the batch; other foolbox attacks draw from torch's
@@ -15,7 +20,7 @@ global generator, which robench seeds (in a forked RNG state) from the batch's s
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, ClassVar
 
 import eagerpy as ep
 import foolbox as fb
@@ -23,17 +28,16 @@ import torch
 from torch import Tensor, nn
 
 from robench import rng
-from robench.attacks.base import Attack, AttackResult
+from robench.attacks.iterative import Batch, IterativeAttack, Run, RunResult, Setup
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import QueryCounter, logits_in_chunks
-from robench.threat import ThreatModel, random_delta
+from robench.target import is_differentiable, is_randomized
+from robench.threat import ThreatModel, ball_of
 
 #: short name -> foolbox class per norm
 FOOLBOX_BY_NORM: dict[str, dict[str, str]] = {
     "fgsm": {"linf": "LinfFastGradientAttack", "l2": "L2FastGradientAttack"},
     "bim": {"linf": "LinfBasicIterativeAttack", "l2": "L2BasicIterativeAttack"},
-    "mifgsm": {"linf": "LinfMomentumIterativeFastGradientMethod", "l2": "L2MomentumIterativeFastGradientMethod"},
     "deepfool": {"linf": "LinfDeepFoolAttack", "l2": "L2DeepFoolAttack"},
     "fmn": {"linf": "LInfFMNAttack", "l2": "L2FMNAttack"},
     "cw": {"l2": "L2CarliniWagnerAttack"},
@@ -55,23 +59,29 @@ def _seeded_start(cls: type) -> type:
     """Subclass a foolbox gradient-descent attack so its random start uses per-example streams."""
 
     class SeededStart(cls):  # type: ignore[misc, valid-type]
-        robench_seeds: Tensor | None = None
-        robench_counter: int = 0
+        robench_stream: rng.Stream | None = None
 
         def get_random_start(self, x0: ep.Tensor, epsilon: float) -> ep.Tensor:
             raw = x0.raw
-            delta = random_delta(_norm_of(self.distance) or "linf", float(epsilon), tuple(raw.shape[1:]), seeds=self.robench_seeds.to(raw.device),
-                                        counter=self.robench_counter, dtype=raw.dtype)
+            ball = ball_of(_norm_of(self.distance) or "linf")
+            delta = ball.uniform(self.robench_stream, tuple(raw.shape[1:]), float(epsilon), raw.dtype)
             return ep.astensor(raw + delta)  # foolbox clips to the bounds itself
 
     SeededStart.__name__ = f"Seeded{cls.__name__}"
     return SeededStart
 
 
-class FoolboxAttack(Attack):
-    """Runs a foolbox attack at the threat model's epsilon; its clipped output is the proposal."""
+class FoolboxAttack(IterativeAttack):
+    """Runs a foolbox attack at the threat model's epsilon; its clipped output is the proposal.
+
+    Restarts, the check between them and query counts are ``IterativeAttack``'s."""
 
     gradient_free = False
+    #: restart r's random start is draw 2r (L2: the direction) and 2r + 1 (the L2 radius), each in
+    #: its own units: the adapter's layout since its first release, kept so its numbers do not
+    #: change (the radius's uniform counter 2r + 1 is also the second uniform of restart r / 2's
+    #: L2 direction for even r, restart 0 its own)
+    streams: ClassVar[rng.Layout] = rng.Layout(stride=2)
 
     def __init__(self, name: str, class_names: dict[str, str], *, restarts: int = 1, max_batch: int | None = None, **params: Any) -> None:
         if restarts < 1:
@@ -125,34 +135,56 @@ class FoolboxAttack(Attack):
             cls = _seeded_start(cls)
         return cls(**self.foolbox_params)
 
-    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
-        attack = self._foolbox_attack(threat.norm)
-        counter = QueryCounter(target).eval()
-        model = fb.PyTorchModel(counter, bounds=threat.bounds, device=x.device)
-        n = len(x)
-        x_adv = x.clone()
-        queries = torch.zeros(n, dtype=torch.long, device=x.device)
-        remaining = torch.arange(n, device=x.device)
-        max_batch = self.max_batch or 4096
-        for restart in range(self.restarts):
-            for start in range(0, len(remaining), max_batch):
-                idx = remaining[start : start + max_batch]
-                counter.rows = 0
-                if hasattr(attack, "robench_seeds"):
-                    attack.robench_seeds, attack.robench_counter = seeds[idx], 2 * restart
-                with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                    torch.manual_seed(rng.derive_seed(seeds[idx].tolist(), restart))
-                    _, clipped, _ = attack(model, x[idx], y[idx], epsilons=threat.epsilon)
-                queries[idx] += -(-counter.rows // len(idx))  # rows per example, rounded up
-                x_adv[idx] = clipped.detach()
-            if restart + 1 < self.restarts:
-                with torch.no_grad():
-                    still_correct = logits_in_chunks(target, x_adv[remaining], max_batch).argmax(1) == y[remaining]
-                queries[remaining] += 1
-                remaining = remaining[still_correct]
-                if len(remaining) == 0:
-                    break
-        return AttackResult(x_adv, queries)
+    def prepare(self, batch: Batch) -> Setup:
+        """The foolbox attack for the threat model's norm and its model, counting rows per example."""
+        counter = _ExampleCounter(batch.target).eval()
+        model = fb.PyTorchModel(counter, bounds=batch.threat.bounds, device=batch.x.device)
+        return Setup(context=(self._foolbox_attack(batch.threat.norm), model, counter))
+
+    def attack_run(self, batch: Batch, run: Run, stream: rng.Stream, setup: Setup) -> RunResult:
+        """foolbox on the batch, ``max_batch`` rows at a time; its clipped output is the proposal
+        (whether it breaks is checked by the base before the next restart)."""
+        attack, model, counter = setup.context
+        proposal = batch.x.clone()
+        used = torch.zeros(len(batch.x), dtype=torch.long, device=batch.x.device)
+        for start in range(0, len(batch.x), batch.max_batch):
+            chunk = torch.arange(start, min(start + batch.max_batch, len(batch.x)), device=batch.x.device)
+            counter.reset(len(chunk))
+            if hasattr(attack, "robench_stream"):
+                attack.robench_stream = stream.subset(chunk)
+            with torch.random.fork_rng(devices=[batch.x.device] if batch.x.device.type == "cuda" else []):
+                torch.manual_seed(rng.derive_seed(batch.seeds[chunk].tolist(), run.restart))
+                _, clipped, _ = attack(model, batch.x[chunk], batch.y[chunk], epsilons=batch.threat.epsilon)
+            used[chunk] = counter.rows_per_example.to(used.device)
+            proposal[chunk] = clipped.detach()
+        return RunResult(proposal, used)
+
+
+class _ExampleCounter(nn.Module):
+    """Counts the rows foolbox asks the target for, per example of the current chunk.
+
+    foolbox evaluates the model on the whole chunk at once (k copies of its n rows, in order: k
+    passes per example), so a call of k * n rows costs each example k; a call of m rows that is not
+    a whole number of copies is counted by position (row j is example j mod n). The count is exact
+    per example, not the chunk's total spread evenly (the adapter used to round that up).
+    """
+
+    def __init__(self, target: nn.Module) -> None:
+        super().__init__()
+        self.target = target
+        self.differentiable = is_differentiable(target)
+        self.randomized = is_randomized(target)
+        self.rows_per_example = torch.zeros(0, dtype=torch.long)
+
+    def reset(self, n: int) -> None:
+        self.rows_per_example = torch.zeros(n, dtype=torch.long)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = len(self.rows_per_example)
+        copies, rest = divmod(len(x), n)
+        self.rows_per_example += copies
+        self.rows_per_example[:rest] += 1
+        return self.target(x)
 
 
 def _factory(name: str, class_names: dict[str, str]):

@@ -17,30 +17,35 @@ examples get the whole budget (one host sync per step, to shrink the batch). An 
 never misclassified proposes its last iterate (``verify`` decides). Restarts run only on examples
 still robust, each from a fresh random start of the per-example streams of ``robench.rng``.
 Queries: one per forward+backward of an example (times the target's ``queries_per_row``), plus
-one forward per example between restarts to see which are still robust.
+one forward per example between restarts to see which are still robust. The loop of restarts and
+steps is ``robench.attacks.iterative``'s; PGD is its start and its step.
 """
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from collections.abc import Iterable
+from typing import ClassVar
 
-from robench.attacks.base import Attack, AttackResult
-from robench.batching import chunk_rows
+from torch import Tensor
+
+from robench import rng
+from robench.attacks.iterative import Batch, Run, Setup, SteppedAttack
 from robench.errors import RobenchError
 from robench.registry import attacks
-from robench.target import logits_in_chunks, loss_and_gradient, queries_per_row
-from robench.threat import ThreatModel, steepest_direction
+from robench.threat import ThreatModel
 
 #: foolbox 3's defaults per norm: (steps, step size relative to epsilon)
 DEFAULTS: dict[str, tuple[int, float]] = {"linf": (40, 0.01 / 0.3), "l2": (50, 0.025)}
 
 
 @attacks.register("pgd", description="PGD on cross-entropy, L-inf sign / L2 normalized steps (Madry et al. 2018)")
-class PGD(Attack):
+class PGD(SteppedAttack):
     """Madry et al.'s PGD with foolbox's parameters; ``None`` means foolbox's default for the norm."""
 
     name = "pgd"
     gradient_free = False
+    #: restart r owns counters 4r .. 4r + 3: the L-inf start takes one, the L2 start three (a normal
+    #: direction, a pair, then its radius)
+    streams: ClassVar[rng.Layout] = rng.Layout(stride=4, unit="counter")
 
     def __init__(
         self,
@@ -80,60 +85,16 @@ class PGD(Attack):
     def budget(self, threat: ThreatModel) -> int:
         return (self.schedule(threat)[0] + 1) * self.restarts
 
-    def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
-        steps, step_size = self.schedule(threat)
-        if len(x) == 0:
-            return AttackResult(x.detach().clone(), torch.zeros(0, dtype=torch.long, device=x.device))
-        max_batch = self.max_batch or chunk_rows(x)
-        per_row = queries_per_row(target)
-        x0 = x.detach()
-        seeds = seeds.to(x.device)
-        x_adv = x0.clone()
-        queries = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        remaining = torch.arange(len(x), device=x.device)
-        restarts = self.restarts if self.random_start else 1  # without a random start every restart is the same
-        for restart in range(restarts):
-            if restart > 0:
-                # which last iterates are still robust: one forward each, counted
-                with torch.no_grad():
-                    correct = logits_in_chunks(target, x_adv[remaining], max_batch).argmax(1) == y[remaining]
-                queries[remaining] += per_row
-                remaining = remaining[correct]
-                if len(remaining) == 0:
-                    break
-            start = self._start(x0[remaining], seeds[remaining], restart, threat)
-            x_adv[remaining], used = self._single_run(target, x0[remaining], y[remaining], start, threat, steps, step_size, max_batch)
-            queries[remaining] += used * per_row
-        return AttackResult(x_adv, queries)
+    def runs(self, setup: Setup) -> Iterable[Run]:
+        # without a random start every restart would be the same
+        return (Run(r) for r in range(self.restarts if self.random_start else 1))
 
-    def _start(self, x: Tensor, seeds: Tensor, restart: int, threat: ThreatModel) -> Tensor:
+    def start(self, batch: Batch, stream: rng.Stream) -> Tensor:
         """Uniform in the L-inf ball / the L2 ball (direction normal, radius u^(1/d)), as foolbox draws it."""
         if not self.random_start:
-            return x.clone()
-        # streams: L-inf values 4r; L2 direction 2r (uniforms 4r, 4r + 1), radius 4r + 2
-        counter = 4 * restart if threat.norm == "linf" else 2 * restart
-        return threat.random_start(x, seeds=seeds, counter=counter, radius_counter=4 * restart + 2)
+            return batch.x.clone()
+        return batch.threat.random_start(batch.x, stream=stream)
 
-    def _single_run(
-        self, target: nn.Module, x: Tensor, y: Tensor, start: Tensor, threat: ThreatModel, steps: int, step_size: float, max_batch: int
-    ) -> tuple[Tensor, Tensor]:
-        """PGD from ``start``: (proposal, forward+backward passes) per example.
-
-        The working set (``current``, its clean inputs, labels and positions) shrinks as examples
-        are misclassified; their iterate is written back when they leave.
-        """
-        proposal = start.clone()
-        used = torch.full((len(x),), steps, dtype=torch.long, device=x.device)
-        current, x_a, y_a, index = start, x, y, torch.arange(len(x), device=x.device)
-        for k in range(steps):
-            _, grad, correct = loss_and_gradient(target, current, y_a, max_batch=max_batch)
-            keep = torch.nonzero(correct).squeeze(1)  # the one host sync per step
-            if len(keep) < len(index):
-                # the misclassified leave with this iterate after k + 1 passes; the rest are overwritten later
-                proposal[index], used[index] = current, k + 1
-                if len(keep) == 0:
-                    return proposal, used
-                current, x_a, y_a, index, grad = current[keep], x_a[keep], y_a[keep], index[keep], grad[keep]
-            current = threat.project(current + step_size * steepest_direction(grad, threat.norm), x_a)
-        proposal[index], used[index] = current, steps
-        return proposal, used
+    def step(self, current: Tensor, grad: Tensor, x: Tensor, state: dict[str, Tensor], step_size: float,
+             threat: ThreatModel) -> Tensor:
+        return threat.project(current + step_size * threat.steepest_direction(grad), x)

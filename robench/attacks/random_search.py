@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from robench import rng
 from robench.attacks.base import Attack, AttackResult
+from robench.batching import chunk_rows
 from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.target import logits_in_chunks, margin, queries_per_row
@@ -44,13 +45,10 @@ class RandomSearch(Attack):
     def params(self) -> dict:
         return {"samples": self.samples, "block": self.block}
 
-    def directions(self, threat: ThreatModel, seeds: Tensor, counter: int, k: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        """(len(seeds), k, *shape) perturbations of norm epsilon: L-inf vertices, L2 surface points."""
-        if threat.norm == "linf":
-            return threat.epsilon * rng.rademacher(seeds, counter, (k, *shape), dtype)
-        g = rng.normal(seeds, counter, (k, *shape), dtype)
-        norms = g.flatten(2).norm(dim=2).clamp_min(1e-12).view(len(seeds), k, *[1] * len(shape))
-        return threat.epsilon * g / norms
+    def directions(self, threat: ThreatModel, seeds: Tensor, block: int, k: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """(len(seeds), k, *shape) perturbations of norm epsilon from stream ``block``: the ball's
+        extreme points (L-inf vertices, L2 surface points)."""
+        return threat.ball.extreme_points(rng.stream(seeds, block), k, shape, threat.epsilon, dtype)
 
     def budget(self, threat: ThreatModel) -> int:
         return self.samples
@@ -58,7 +56,7 @@ class RandomSearch(Attack):
     @torch.no_grad()
     def run(self, target: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, seeds: Tensor) -> AttackResult:
         n, shape = len(x), tuple(x.shape[1:])
-        max_batch = self.max_batch or 4096
+        max_batch = self.max_batch or chunk_rows(x)
         x_adv = x.clone()
         best = torch.full((n,), float("inf"), device=x.device)
         queries = torch.zeros(n, dtype=torch.long, device=x.device)

@@ -98,7 +98,7 @@ class SPSA(Attack):
         """(delta, learning rate) for this threat model: the absolute values, or the relative ones
         times the ball's per-coordinate scale (epsilon under L-inf, epsilon / sqrt(D) under L2, the
         size of one coordinate's share of an evenly spread L2 perturbation)."""
-        scale = threat.epsilon if threat.norm == "linf" else threat.epsilon / math.sqrt(dim)
+        scale = threat.step_scale(dim)
         delta = self.delta if self.rel_delta is None else self.rel_delta * scale
         learning_rate = self.learning_rate if self.rel_learning_rate is None else self.rel_learning_rate * scale
         return float(delta), float(learning_rate)
@@ -181,7 +181,7 @@ class SPSA(Attack):
             b = len(xe)
             for p0 in range(0, pairs, pair_block):
                 pb = min(pair_block, pairs - p0)
-                v = rng.rademacher(se, step, (pb, dim), dtype=xe.dtype, offset=p0 * dim)
+                v = rng.stream(se, step).rademacher((pb, dim), dtype=xe.dtype, offset=p0 * dim)  # step's stream, pairs p0..
                 shifted = delta * v
                 rows = torch.cat([xe.unsqueeze(1) + shifted, xe.unsqueeze(1) - shifted], dim=1)
                 rows = threat.clip_to_bounds(rows).view(-1, *shape)

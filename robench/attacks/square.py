@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -50,9 +52,6 @@ from robench.errors import RobenchError
 from robench.registry import attacks
 from robench.target import IMAGE, SEQUENCE, logits_in_chunks, margin
 from robench.threat import ThreatModel
-
-#: counter of the per-example random stream for the start; iteration i uses counter i + 1
-_INIT_COUNTER = 0
 
 
 def p_schedule(p_init: float, iteration: int, n_iterations: int) -> float:
@@ -148,25 +147,6 @@ def _place_window(values: Tensor, corner_h: Tensor, corner_w: Tensor, h: int, w:
     return values.gather(2, rows).gather(3, cols)
 
 
-class _Draws:
-    """Per-example random integers for one iteration, equal to ``rng.random_bits(seeds, counter, (k,))``.
-
-    The same counter-based streams, with the parts that do not depend on the example (the hashed
-    positions and the counter's key) computed once: Square draws a handful of numbers per example
-    per iteration, so the hashing, not the arithmetic, would otherwise be its overhead.
-    """
-
-    def __init__(self, seeds: Tensor, count: int) -> None:
-        self.seeds = seeds.long()
-        self.positions = rng.hash32(torch.arange(count, device=seeds.device, dtype=torch.long)).view(1, -1)
-
-    def bits(self, counter: int, seeds: Tensor | None = None) -> Tensor:
-        seeds = self.seeds if seeds is None else seeds.long()
-        counter_key = rng.hash32((counter & 0xFFFFFFFF) + 0x632BE5AB)  # plain ints: no tensor op
-        keys = rng.hash32(seeds ^ counter_key)
-        return rng.hash32(keys.view(-1, 1) ^ self.positions)
-
-
 def _ints(bits: Tensor, highs: tuple[int, ...]) -> Tensor:
     """Integers uniform on [0, highs[j]) from 24 random bits per column j."""
     high = torch.tensor(highs, dtype=torch.long, device=bits.device)
@@ -217,7 +197,8 @@ class Square(Attack):
                 f"got {tuple(x.shape)}; use spsa for other inputs"
             )
         input_shape = tuple(x.shape[1:])
-        p_init = self.p_init if self.p_init is not None else (0.05 if threat.norm == "linf" else 0.1)
+        version = VERSIONS[threat.norm]
+        p_init = self.p_init if self.p_init is not None else version.p_init
         max_batch = self.max_batch or chunk_rows(x)
         # a sequence is attacked as an image of height 1 (h == 1 marks it: images have h >= 2)
         x0 = x.detach() if x.dim() == 4 else x.detach().unsqueeze(2)
@@ -228,23 +209,19 @@ class Square(Attack):
             rows = rows.reshape(len(rows), *input_shape)  # the target sees its own kind of input
             return margin(logits_in_chunks(target, rows, max_batch).to(rows.dtype), labels)
 
-        best = threat.project(x0 + self._start(seeds, x0, eps, threat.norm), x0)
+        stream = rng.stream(seeds)  # the start's draw, then one per iteration
+        best = threat.project(x0 + version.start(stream, x0, eps), x0)
         best_margin = loss(best, y)
         queries = torch.ones(n, dtype=torch.long, device=x.device)
         active = torch.nonzero(best_margin >= 0).squeeze(1)  # misclassified examples are done
         iterations = self.queries - 1
-        draws = _Draws(seeds, 5 + c)  # 4 corner coordinates, a sign per channel, a transpose bit
         for iteration in range(iterations):
             if len(active) == 0:
                 break
-            x_a, best_a, s_a = x0[active], best[active], seeds[active]
-            bits = draws.bits(1 + iteration, s_a)
+            x_a, best_a = x0[active], best[active]
+            bits = stream.bits((5 + c,), rows=active)  # 4 corner coordinates, a sign per channel, a transpose bit
             p = p_schedule(p_init, iteration, self.queries)
-            if threat.norm == "linf":
-                candidate = self._linf_step(x_a, best_a, bits, p, eps, threat)
-            else:
-                candidate = self._l2_step(x_a, best_a, bits, p, eps)
-            candidate = threat.project(candidate, x_a)
+            candidate = threat.project(version.step(x_a, best_a, bits, p, eps, threat), x_a)
             candidate_margin = loss(candidate, y[active])
             queries[active] += 1
             improved = candidate_margin < best_margin[active]
@@ -253,30 +230,13 @@ class Square(Attack):
             active = active[best_margin[active] >= 0]  # the one host sync per iteration
         return AttackResult(best.reshape(x.shape), queries)
 
+    def supports(self, norm: str) -> bool:
+        return norm in VERSIONS
+
     @staticmethod
     def _start(seeds: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
-        """Initial perturbation: vertical stripes (L-inf) or a grid of pseudo-Gaussian bumps (L2).
-
-        On a sequence (h == 1) the stripes are one sign per channel and time step and the grid is
-        one centred row of 1-D bumps of width max(L // 5, 1)."""
-        n, c, h, w = x.shape
-        if norm == "linf":
-            return eps * rng.rademacher(seeds, _INIT_COUNTER, (c, 1, w), dtype=x.dtype)
-        if h == 1:
-            side_h, side_w = 1, max(w // 5, 1)
-            tiles_h, tiles_w = 1, w // side_w
-            first_h, first_w = 0, (w - tiles_w * side_w) // 2
-        else:
-            side_h = side_w = max(h // 5, 1)
-            tiles_h, tiles_w = h // side_h, w // side_w
-            first_h = first_w = (h - side_h * 5) // 2 if h >= 5 else 0  # the reference code's offset
-        signs = rng.rademacher(seeds, _INIT_COUNTER, (c, tiles_h, tiles_w), dtype=x.dtype)
-        bumps = signs.repeat_interleave(side_h, 2).repeat_interleave(side_w, 3)
-        bumps = bumps * _l2_pattern(side_h, side_w).to(x).repeat(tiles_h, tiles_w)
-        canvas_h, canvas_w = max(h, first_h + tiles_h * side_h), max(w, first_w + tiles_w * side_w)
-        canvas = torch.zeros(n, c, canvas_h, canvas_w, dtype=x.dtype, device=x.device)
-        canvas[:, :, first_h : first_h + tiles_h * side_h, first_w : first_w + tiles_w * side_w] = bumps
-        return _l2_normalize(canvas[:, :, :h, :w]) * eps
+        """Initial perturbation of ``norm``'s version from the first draw of ``seeds``' stream."""
+        return VERSIONS[norm].start(rng.stream(seeds), x, eps)
 
     @staticmethod
     def _linf_step(x: Tensor, best: Tensor, bits: Tensor, p: float, eps: float, threat: ThreatModel) -> Tensor:
@@ -294,7 +254,7 @@ class Square(Attack):
         return torch.where(mask & unchanged.view(-1, 1, 1, 1), flipped, candidate)
 
     @staticmethod
-    def _l2_step(x: Tensor, best: Tensor, bits: Tensor, p: float, eps: float) -> Tensor:
+    def _l2_step(x: Tensor, best: Tensor, bits: Tensor, p: float, eps: float, threat: ThreatModel) -> Tensor:
         """Alg. 3: move perturbation mass from window 2 into window 1, staying on the eps-sphere."""
         n, c, h, w = x.shape
         shape = _window_shape(p, h, w, l2=True)
@@ -317,3 +277,46 @@ class Square(Attack):
         delta = torch.where(mask2, torch.zeros_like(delta), delta)
         delta = torch.where(mask1, _place_window(update, corners[:, 0], corners[:, 1], h, w), delta)
         return x + _l2_normalize(delta) * eps
+
+
+def _linf_start(stream: rng.Stream, x: Tensor, eps: float) -> Tensor:
+    """Vertical stripes of +-eps (Alg. 2); on a sequence (h == 1) one sign per channel and time step."""
+    n, c, h, w = x.shape
+    return eps * stream.rademacher((c, 1, w), dtype=x.dtype)
+
+
+def _l2_start(stream: rng.Stream, x: Tensor, eps: float) -> Tensor:
+    """A grid of pseudo-Gaussian bumps with random signs, scaled to norm eps (Alg. 3); on a sequence
+    (h == 1) one centred row of 1-D bumps of width max(L // 5, 1)."""
+    n, c, h, w = x.shape
+    if h == 1:
+        side_h, side_w = 1, max(w // 5, 1)
+        tiles_h, tiles_w = 1, w // side_w
+        first_h, first_w = 0, (w - tiles_w * side_w) // 2
+    else:
+        side_h = side_w = max(h // 5, 1)
+        tiles_h, tiles_w = h // side_h, w // side_w
+        first_h = first_w = (h - side_h * 5) // 2 if h >= 5 else 0  # the reference code's offset
+    signs = stream.rademacher((c, tiles_h, tiles_w), dtype=x.dtype)
+    bumps = signs.repeat_interleave(side_h, 2).repeat_interleave(side_w, 3)
+    bumps = bumps * _l2_pattern(side_h, side_w).to(x).repeat(tiles_h, tiles_w)
+    canvas_h, canvas_w = max(h, first_h + tiles_h * side_h), max(w, first_w + tiles_w * side_w)
+    canvas = torch.zeros(n, c, canvas_h, canvas_w, dtype=x.dtype, device=x.device)
+    canvas[:, :, first_h : first_h + tiles_h * side_h, first_w : first_w + tiles_w * side_w] = bumps
+    return _l2_normalize(canvas[:, :, :h, :w]) * eps
+
+
+@dataclass(frozen=True)
+class _Version:
+    """The paper's algorithm for one norm: its default p_init, its start and its step."""
+
+    p_init: float
+    start: Callable[[rng.Stream, Tensor, float], Tensor]
+    step: Callable[..., Tensor]
+
+
+#: one version per norm (the paper has no other): Alg. 2 for L-inf, Alg. 3 for L2
+VERSIONS: dict[str, _Version] = {
+    "linf": _Version(0.05, _linf_start, Square._linf_step),
+    "l2": _Version(0.1, _l2_start, Square._l2_step),
+}

@@ -68,8 +68,8 @@ def concretize(omega: Tensor, const: Tensor, box_lower: Tensor, box_upper: Tenso
     """Lower bound of omega @ x' + const over the box, and for L2 over the ball too (max of both)."""
     bound = (torch.einsum("nmk,nk->nm", omega.clamp(min=0), box_lower)
              + torch.einsum("nmk,nk->nm", omega.clamp(max=0), box_upper) + const)
-    if threat.norm == "l2":
-        ball = torch.einsum("nmk,nk->nm", omega, x) - threat.epsilon * omega.norm(dim=2) + const
+    if not threat.ball.is_box:  # the box bound is already exact for a box-shaped ball
+        ball = torch.einsum("nmk,nk->nm", omega, x) - threat.epsilon * threat.ball.dual_norm(omega, dim=2) + const
         bound = torch.maximum(bound, ball)
     return bound
 
@@ -121,8 +121,8 @@ def layer_bounds(layers: list[DenseLayer], x: Tensor, threat: ThreatModel, inter
         center, radius = (h_upper + h_lower) / 2, (h_upper - h_lower) / 2
         mid, spread = center @ layer.weight.T + layer.bias, radius @ layer.weight.abs().T
         lower, upper = mid - spread, mid + spread
-        if k == 0 and threat.norm == "l2":
-            spread = threat.epsilon * layer.weight.norm(dim=1)
+        if k == 0 and not threat.ball.is_box:
+            spread = threat.epsilon * threat.ball.dual_norm(layer.weight, dim=1)
             mid = x0 @ layer.weight.T + layer.bias
             lower, upper = torch.maximum(lower, mid - spread), torch.minimum(upper, mid + spread)
         elif k > 0 and intermediate == "crown":

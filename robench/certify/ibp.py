@@ -37,7 +37,7 @@ def _propagate(ops: list[Op], x: Tensor, threat: ThreatModel) -> tuple[Tensor, T
     head = first_affine(body)
     for op in head:
         lower, upper = op.interval(lower, upper)
-    if head and threat.norm == "l2":
+    if head and not threat.ball.is_box:  # row_norms: the L2 ball's dual norm
         mid = run_layers(head, x.to(DTYPE))
         spread = threat.epsilon * row_norms(head, tuple(x.shape[1:]), x.device).view(mid.shape[1:])
         lower, upper = torch.maximum(lower, mid - spread), torch.minimum(upper, mid + spread)
@@ -57,8 +57,8 @@ def _bound_rows(rows: Tensor, offset: Tensor, lower: Tensor, upper: Tensor, x: T
     lower, upper = lower.flatten(1), upper.flatten(1)
     center, radius = (upper + lower) / 2, (upper - lower) / 2
     bound = torch.einsum("nmk,nk->nm", rows, center) - torch.einsum("nmk,nk->nm", rows.abs(), radius) + offset
-    if exact_l2 and threat.norm == "l2":
-        ball = torch.einsum("nmk,nk->nm", rows, x.flatten(1).to(DTYPE)) - threat.epsilon * rows.norm(dim=2) + offset
+    if exact_l2 and not threat.ball.is_box:
+        ball = torch.einsum("nmk,nk->nm", rows, x.flatten(1).to(DTYPE)) - threat.epsilon * threat.ball.dual_norm(rows, dim=2) + offset
         bound = torch.maximum(bound, ball)
     return bound
 

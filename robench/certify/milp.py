@@ -165,7 +165,7 @@ class MILP(Certifier):
         self.try_corners = try_corners
 
     def check_norm(self, threat: ThreatModel) -> None:
-        if threat.norm != "linf":
+        if threat.norm not in self.norms:
             raise RobenchError(f"milp verifies L-inf balls only (an {threat.norm} ball makes the program quadratic); "
                                "use crown or ibp for l2")
 

@@ -108,7 +108,7 @@ class Smoothing(Certifier):
         return self.n0 + self.n
 
     def check_norm(self, threat: ThreatModel) -> None:
-        if threat.norm != "l2":
+        if threat.norm not in self.norms:
             raise RobenchError(f"smoothing certifies L2 balls only (Gaussian noise, Cohen et al. 2019), not {threat.norm}; "
                                "use ibp, crown or milp")
 

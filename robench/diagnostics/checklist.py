@@ -103,7 +103,7 @@ def _random_search_beats_attacks(probe: Probe) -> Finding:
     when it breaks more than ``BEAT_EXCESS`` of the probe examples there: on a deterministic target
     every such break is a verified point the gradient attack walked past.
     """
-    where = "vertices" if probe.threat.norm == "linf" else "surface"
+    where = probe.threat.ball.extreme_points_are
     search = attacks.get("random-search")(samples=RANDOM_SEARCH_SAMPLES, max_batch=probe.max_batch)
     return _where_base_failed(probe, "random-search", search, f"{RANDOM_SEARCH_SAMPLES:,} random points on the ball's {where}")
 
@@ -147,9 +147,8 @@ def finite_difference_gradient(probe: Probe, x: Tensor, y: Tensor, seeds: Tensor
     """Antithetic Rademacher estimate of the real target's cross-entropy gradient at each row of ``x``
     (float64 loss; step ``FD_STEP`` times the ball's L-inf radius, or its L2 radius per coordinate)."""
     shape, d = tuple(x.shape[1:]), math.prod(x.shape[1:])
-    eps = probe.threat.epsilon
-    step = FD_STEP * (eps if probe.threat.norm == "linf" else eps / math.sqrt(d))
-    u = rng.rademacher(seeds, 0, (FD_PAIRS, *shape), x.dtype)  # (n, K, *shape)
+    step = FD_STEP * probe.threat.step_scale(d)
+    u = rng.stream(seeds).rademacher((FD_PAIRS, *shape), x.dtype)  # (n, K, *shape)
     plus = (x[:, None] + step * u).reshape(-1, *shape)
     minus = (x[:, None] - step * u).reshape(-1, *shape)
     labels = y.repeat_interleave(FD_PAIRS)

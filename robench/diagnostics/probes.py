@@ -147,7 +147,7 @@ class Probe:
     def with_random_starts(self) -> tuple[Tensor, Tensor]:
         """The probe examples and, after them, one PGD random start around each (from the probe's own
         seeds), with their labels: where the gradient checks look."""
-        start = self.threat.random_start(self.x, seeds=self.seeds("gradient-start"), counter=0, radius_counter=1)
+        start = self.threat.random_start(self.x, stream=rng.stream(self.seeds("gradient-start")))
         return torch.cat([self.x, start]), torch.cat([self.y, self.y])
 
     def finding(self, fired: bool, detail: str) -> Finding:
@@ -190,6 +190,7 @@ def probe_checks(
     ids = torch.arange(len(x)) if ids is None else ids.detach().cpu().long()
     if len(ids) != len(x) or len(y) != len(x):
         raise RobenchError(f"diagnostics: x, y and ids must have the same length, got {len(x)}, {len(y)} and {len(ids)}")
+    max_batch = max_batch or chunk_rows(x)
     checks = registered("probe")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(rng.derive_seed(seed, "diagnostics", defense, float(threat.epsilon)))
@@ -216,7 +217,7 @@ def unbounded_threat(threat: ThreatModel, shape: tuple[int, ...]) -> ThreatModel
     """The same norm with a ball that covers the whole data box (L-inf: the range; L2: the diagonal)."""
     lo, hi = threat.bounds
     size = math.prod(shape)
-    epsilon = (hi - lo) if threat.norm == "linf" else (hi - lo) * math.sqrt(size)
+    epsilon = threat.ball.covering_radius(hi - lo, size)
     return ThreatModel(threat.norm, epsilon, threat.bounds)
 
 

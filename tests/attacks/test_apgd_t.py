@@ -170,7 +170,7 @@ def test_each_target_class_starts_from_its_own_random_stream():
     model, x, y, seeds = conv_problem("apgd-t", 4)
     threat = ThreatModel("linf", 1e-5)
     attack = APGDT(steps=1, n_target_classes=2, max_batch=64)
-    first, second = attack._random_start(x, seeds, 0, threat), attack._random_start(x, seeds, 1, threat)
+    first, second = (threat.random_start(x, stream=attack.streams.stream(seeds, run), surface=True) for run in (0, 1))
     assert not torch.equal(first, second)
 
 
