@@ -280,7 +280,11 @@ class Context:
             return Findings()
         x = self.x[:DISCOVERY_EXAMPLES].to(self.device)
         y = self.y[:DISCOVERY_EXAMPLES].to(self.device)
-        return discover(target, x, y, max_batch=self.max_batch, randomness=look_for_randomness, gradients=look_for_cuts)
+        try:
+            return discover(target, x, y, max_batch=self.max_batch, randomness=look_for_randomness, gradients=look_for_cuts)
+        except Exception:  # noqa: BLE001 - a target that raises fails its own units, which record the error
+            log.debug("discovery on %s raised; its units will report the error", type(target).__name__, exc_info=True)
+            return Findings()
 
     def attack_target(self, defense: str) -> nn.Module:
         """The target as attacks see it: a ``Declared`` view carrying its tags, so an attack that
