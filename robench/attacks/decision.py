@@ -29,20 +29,19 @@ HSJ = "HopSkipJumpAttack"
 class HopSkipJump(FoolboxAttack):
     """foolbox's HopSkipJumpAttack, L-inf or L2 by the threat model."""
 
+    name = "hop-skip-jump"
     gradient_free = True
-
     hyperparameters = declare(
         restarts=FoolboxAttack.hyperparameters["restarts"],
         max_batch=FoolboxAttack.hyperparameters["max_batch"],
         steps=Int(64, "HopSkipJump iterations (foolbox's steps)", ge=1),
         initial_gradient_eval_steps=Int(100, "queries of the first gradient estimate (grows as sqrt of the step)", ge=1),
         max_gradient_eval_steps=Int(10_000, "most queries of one gradient estimate", ge=1),
-        gamma=Float(1.0, "foolbox's gamma: sets the binary search's threshold", gt=0),
+        gamma=Float(1.0, "foolbox's gamma: the binary search stops at gamma / d^1.5 (L2) or gamma / d^2 (L-inf)", gt=0),
     )
 
     def __init__(self, *, steps: int = 64, initial_gradient_eval_steps: int = 100, max_gradient_eval_steps: int = 10_000,
                  gamma: float = 1.0, restarts: int = 1, max_batch: int | None = None) -> None:
-        self.name = "hop-skip-jump"  # type: ignore[misc]
         own = self._checked(locals())
         super().__init__("hop-skip-jump", {"linf": HSJ, "l2": HSJ}, restarts=restarts, max_batch=max_batch, steps=own["steps"],
                          initial_gradient_eval_steps=own["initial_gradient_eval_steps"],

@@ -161,9 +161,9 @@ class FABT(IterativeAttack):
         steps=Int(100, "FAB iterations per target class and restart", ge=1),
         n_target_classes=Int(9, "target classes, by decreasing clean logit (capped at classes - 1)", ge=1),
         restarts=Int(1, "runs per target class (after the first, from random starts)", ge=1),
-        alpha_max=Float(0.1, "largest weight of the original point in the biased step (Eq. 7)", ge=0, le=1),
+        alpha_max=Float(0.1, "largest weight of the original point in the biased step (Sec. 2.2)", ge=0, le=1),
         eta=Float(1.05, "extrapolation factor of the step (overshoot)", gt=0),
-        beta=Float(0.9, "backward-step factor towards the original point", gt=0, le=1),
+        beta=Float(0.9, "backward step: x_orig + beta (x - x_orig) once past the boundary", gt=0, le=1),
         early_stop=Flag(True, "an example stops once broken within epsilon (False: every step, as the reference)"),
         max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
     )

@@ -56,7 +56,7 @@ class SPSA(Attack):
         adam_epsilon=Float(1e-8, "Adam's denominator term", gt=0),
         loss_draws=Int(1, "forward draws averaged per loss (EOT for a randomized target)", ge=1),
         max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
-        amp=Flag(False, "forward passes in reduced precision (autocast)"),
+        amp=Flag(False, "on CUDA, forward passes under bfloat16 autocast (the loss kept in float32)"),
     )
 
     def __init__(
