@@ -85,6 +85,16 @@ class Hyperparameter:
             return self.gt, False
         return None
 
+    def just_below(self) -> int | float | None:
+        """The value just below the minimum (what the minimum refuses), None without one."""
+        found = self.minimum()
+        if found is None:
+            return None
+        limit, inclusive = found
+        if self.kind is int:
+            return math.floor(limit) - 1 if inclusive else math.floor(limit)
+        return math.nextafter(float(limit), -math.inf) if inclusive else float(limit)
+
     def check(self, owner: str, name: str, value: Any) -> Any:
         """``value`` if valid (an int given for a float as a float), else a :class:`RobenchError`:
         ``"{owner}: {name} must be {expected}, got {value!r}"``."""

@@ -28,14 +28,6 @@ def keywords(factory) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def below(declaration: Hyperparameter) -> int | float:
-    """The value just below a declaration's minimum."""
-    limit, inclusive = declaration.minimum()
-    if not inclusive:
-        return int(limit) if declaration.kind is int else float(limit)
-    return int(limit) - 1 if declaration.kind is int else math.nextafter(float(limit), -math.inf)
-
-
 def valid(declaration: Hyperparameter):
     """A valid value other than None: the default, else the minimum (or just above it)."""
     if declaration.default is not None:
@@ -68,7 +60,7 @@ def test_just_below_the_minimum_is_refused_with_the_one_message(kind, name, fact
     for key, declaration in declarations(factory).items():
         if declaration.kind not in (int, float) or declaration.minimum() is None:
             continue
-        bad = below(declaration)
+        bad = declaration.just_below()
         with pytest.raises(RobenchError) as error:
             factory(**{key: bad})
         found = re.match(MESSAGE, str(error.value))
@@ -92,6 +84,22 @@ def test_bools_are_not_numbers_and_numbers_are_finite(kind, name, factory):
         if declaration.kind is bool:
             with pytest.raises(RobenchError, match=rf": {key} must be true or false, got 1$"):
                 factory(**{key: 1})
+
+
+def test_the_kit_checks_the_declarations_of_registered_objects():
+    from robench.attacks.pgd import PGD
+    from robench.certify import Smoothing
+    from robench.testing import check_hyperparameters_declared
+
+    check_hyperparameters_declared(PGD())
+    check_hyperparameters_declared(Smoothing())
+
+    class Undeclared(PGD):
+        def __init__(self, *, steps: int | None = None, extra: int = 1) -> None:
+            super().__init__(steps=steps)
+
+    with pytest.raises(AssertionError, match=r"keywords \['extra'\] are not declared"):
+        check_hyperparameters_declared(Undeclared())
 
 
 def test_the_one_message_in_words():
