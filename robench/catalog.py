@@ -26,8 +26,18 @@ def _norms(entry: Any) -> str:
     return f"  [{', '.join(norms)}{'' if getattr(entry.factory, 'sound', True) else '; not sound'}]" if norms else ""
 
 
-def build() -> dict[str, list[list[str]]]:
-    """The sections from the live registries (imports torch and the built-in modules)."""
+def _parameters(entries: Any) -> dict[str, list[list[str]]]:
+    """Per entry, its declared hyperparameters (``robench.hyperparameters``): [name, default,
+    what it admits, doc]."""
+    from robench.hyperparameters import declarations
+
+    return {e.name: [[name, repr(d.default), d.expected(), d.doc] for name, d in declarations(e.factory).items()]
+            for e in entries}
+
+
+def build() -> dict[str, Any]:
+    """The sections from the live registries (imports torch and the built-in modules), and
+    ``parameters``: each attack's and certifier's declared hyperparameters."""
     from robench.registry import attacks, certifiers, datasets, defenses, load_builtins, models
 
     load_builtins()
@@ -37,6 +47,7 @@ def build() -> dict[str, list[list[str]]]:
         "defense factories": [[e.name, e.description] for e in defenses.entries()],
         "attacks": [[e.name, e.description] for e in attacks.entries()],
         "certifiers": [[e.name, e.description + _norms(e)] for e in certifiers.entries()],
+        "parameters": {"attacks": _parameters(attacks.entries()), "certifiers": _parameters(certifiers.entries())},
     }
 
 
@@ -44,13 +55,14 @@ def has_plugins() -> bool:
     return bool(list(entry_points(group="robench.plugins")))
 
 
-def sections() -> dict[str, list[list[str]]]:
+def sections() -> dict[str, Any]:
     """The catalog file's sections, or the live registries' when a plugin is installed or the
     file is missing or unreadable."""
     if not has_plugins():
         try:
             found = json.loads(CATALOG.read_text())
-            if isinstance(found, dict) and all(isinstance(found.get(s), list) for s in SECTIONS):
+            if (isinstance(found, dict) and all(isinstance(found.get(s), list) for s in SECTIONS)
+                    and isinstance(found.get("parameters"), dict)):
                 return found
         except (OSError, ValueError):
             pass

@@ -158,19 +158,23 @@ def evaluate(
 
 
 @main.command("list")
+@click.option("--parameters", is_flag=True, help="Also show each attack's and certifier's hyperparameters: default, what it admits, what it does.")
 @friendly_errors
-def list_command() -> None:
+def list_command(parameters: bool) -> None:
     """Show registered data sets, models, defense factories, defense cards, attacks, certifiers and suites."""
     from robench import catalog
     from robench.cards import all_defense_cards, load_suite_card, suite_card_names
 
+    registered = catalog.sections()  # no torch import unless a plugin may add entries
+
     def section(title: str, rows: list[tuple[str, str]]) -> None:
         click.echo(click.style(title, bold=True))
         width = max((len(n) for n, _ in rows), default=0)
+        declared = registered["parameters"].get(title, {}) if parameters else {}
         for name, text in rows:
             click.echo(f"  {name.ljust(width)}  {text}")
-
-    registered = catalog.sections()  # no torch import unless a plugin may add entries
+            for param, default, admits, doc in declared.get(name, ()):
+                click.echo(f"  {''.ljust(width)}    {param}={default} ({admits}): {doc}")
     for title in ("datasets", "models", "defense factories"):
         section(title, [(name, text) for name, text in registered[title]])
     section("defenses (cards)", [(c.name, f"{c.factory} {c.params or ''}  {c.paper}".strip()) for c in all_defense_cards()])

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
-import types
 import typing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -24,8 +22,10 @@ from robench.cards import AttackSpec, CertifySpec, DefenseCard, SuiteCard, all_d
 from robench.data import Dataset, load_dataset, n_features, select_examples
 from robench.console import one_line
 from robench.errors import RobenchError
+from robench.hyperparameters import declarations, from_hint
 from robench.registry import Entry
 from robench.registry import attacks as attack_registry
+from robench.registry import certifiers as certifier_registry
 from robench.registry import defenses as defense_registry
 from robench.registry import models as model_registry
 from robench.spec import EvalConfig, resolve_device
@@ -58,31 +58,17 @@ def declared_types(fn: Any) -> dict[str, Any]:
         return {}
 
 
-def check_value(what: str, name: str, value: Any, hint: Any) -> None:
-    """A card value must be of its parameter's declared type: an integer is an integer (1.5 is not
-    truncated), a number is finite, a flag is true or false. Checked for every factory, by its hints."""
-    if hint is None:
-        return
-    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    if value is None and type(None) in allowed:
-        return
-    if bool in allowed:
-        if isinstance(value, bool):
-            return
-    if int in allowed and not isinstance(value, bool) and isinstance(value, int):
-        return
-    if float in allowed and not isinstance(value, bool) and isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise RobenchError(f"{what}: parameter {name} must be a finite number, got {value!r}")
-        return
-    simple = [t for t in allowed if t in (bool, int, float, str)]
-    if not simple or (len(simple) < len([t for t in allowed if t is not type(None)])):
-        return  # a richer type (a tuple, a tensor, a class): the factory checks it itself
-    if str in allowed and isinstance(value, str):
-        return
-    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    expected = " or ".join(words[t] for t in simple)
-    raise RobenchError(f"{what}: parameter {name} must be {expected}, got {type(value).__name__} {value!r}")
+def check_params(fn: Any, what: str, params: dict[str, Any]) -> None:
+    """A card's values, before anything is built: against the factory's declarations
+    (``robench.hyperparameters``) where it has them, else against its type hints (an integer is an
+    integer, 1.5 is not truncated; a number is finite; a flag is true or false), with the one
+    message ``"{what}: {name} must be ..., got ..."``. Names it neither declares nor hints pass."""
+    declared = declarations(fn)
+    hints = declared_types(fn) if set(params) - set(declared) else {}
+    for name, value in params.items():
+        declaration = declared.get(name) or from_hint(hints.get(name))
+        if declaration is not None:
+            declaration.check(what, name, value)
 
 
 def call_factory(fn: Any, what: str, *args: Any, **params: Any) -> Any:
@@ -97,8 +83,7 @@ def call_factory(fn: Any, what: str, *args: Any, **params: Any) -> Any:
         unknown = sorted(set(params) - set(valid))
         if unknown:
             raise RobenchError(f"{what}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(valid) or '(none)'}")
-    for name, value in params.items():
-        check_value(what, name, value, declared_types(fn).get(name))
+    check_params(fn, what, params)
     try:
         return fn(*args, **params)
     except RobenchError:
@@ -217,6 +202,7 @@ def suite_certifiers(suite: SuiteCard, config: EvalConfig, data: Dataset) -> dic
     built: dict[str, tuple[CertifySpec, Certifier]] = {}
     kind = input_kind(data.input_shape)
     for spec in suite.certifiers:
+        check_params(certifier_registry.get(spec.method), f"certifier {spec.label!r} ({spec.method})", dict(spec.params))
         certifier = make_certifier(spec.method, **spec.params)
         if not certifier.supports(config.norm):
             norms = tuple(getattr(certifier, "norms", ()))

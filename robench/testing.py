@@ -18,7 +18,9 @@ or one call that runs every check and raises on the first failure::
     check_attack(MyAttack(steps=5))
 
 Every attack and certifier first shows the declarations the harness reads (``robench.method``:
-name, input kinds, ``sound``, the norms it supports, a budget per example). Then, on small fixed targets (a conv net on 1x6x6 images and a 1-D conv net on 1x12
+name, input kinds, ``sound``, the norms it supports, a budget per example) and, where it declares
+its hyperparameters (``robench.hyperparameters``), that they match its constructor's keywords and
+defaults and that a value below a declared minimum is refused with the one message. Then, on small fixed targets (a conv net on 1x6x6 images and a 1-D conv net on 1x12
 sequences, three classes), for each norm the object supports:
 
 * **attacks** (``Attack`` subclasses): proposals have the inputs' shape and dtype, lie in the ball
@@ -264,6 +266,49 @@ def check_method_declarations(method: Any, norm: str = "linf", kind: str = "imag
         assert method.sound is False, f"{_name(method)}: an attack certifies nothing (sound = False)"
 
 
+def check_hyperparameters_declared(method: Any, norm: str = "linf", kind: str = "image") -> None:
+    """Where a class declares its hyperparameters (``robench.hyperparameters``; optional: a card's
+    values for one that does not are checked by its type hints), it declares each keyword of its
+    constructor, with the signature's default, and its constructor refuses a value just below a
+    declared minimum with the one message, ``"{owner}: {name} must be {expected}, got {value!r}"``."""
+    import inspect
+    import re
+
+    from robench.errors import RobenchError
+    from robench.hyperparameters import declarations
+
+    cls = type(method)
+    declared = declarations(cls)
+    if not declared:
+        return
+    signature = inspect.signature(cls.__init__)
+    keywords = {n: p for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(keywords) == set(declared), (
+        f"{_name(method)}: keywords {sorted(set(keywords) - set(declared))} are not declared in its hyperparameters, "
+        f"declared {sorted(set(declared) - set(keywords))} are not keywords of its constructor")
+    for key, parameter in keywords.items():
+        assert parameter.default == declared[key].default and type(parameter.default) is type(declared[key].default), (
+            f"{_name(method)}: {key} defaults to {parameter.default!r} in the signature, {declared[key].default!r} "
+            "in its declaration")
+    if any(p.default is inspect.Parameter.empty and p.kind is not p.KEYWORD_ONLY and n != "self"
+           for n, p in signature.parameters.items()):
+        return  # built by a factory with positional arguments (the foolbox adapter): not rebuilt here
+    for key, declaration in declared.items():
+        bad = declaration.just_below() if declaration.kind in (int, float) else None
+        if bad is None:
+            continue
+        try:
+            cls(**{key: bad})
+        except RobenchError as error:
+            expected = f"{key} must be {declaration.expected()}, got {bad!r}"
+            assert re.fullmatch(rf".+: {re.escape(expected)}", str(error)), (
+                f"{_name(method)}: {key}={bad!r} is refused with {str(error)!r}, not the one message "
+                f"'<owner>: {expected}' (robench.hyperparameters.check)")
+        else:
+            raise AssertionError(f"{_name(method)}: {key}={bad!r} is below its declared minimum but the constructor "
+                                 "accepts it; validate with self._set(locals())")
+
+
 def _is_attack(obj: Any) -> bool:
     from robench.attacks.base import Attack
 
@@ -271,7 +316,7 @@ def _is_attack(obj: Any) -> bool:
 
 
 ATTACK_CHECKS: tuple[Callable[..., None], ...] = (
-    check_method_declarations,
+    check_method_declarations, check_hyperparameters_declared,
     check_attack_proposals_in_threat_model, check_attack_counts_queries_exactly,
     check_attack_is_deterministic, check_attack_is_batch_independent,
 )
@@ -518,7 +563,8 @@ def check_certifier_counterexamples_verify(certifier: Any, norm: str = "linf") -
     assert torch.equal(again.status, result.status), f"{_name(certifier)}: the same call gave different statuses"
 
 
-CERTIFIER_CHECKS: tuple[Callable[..., None], ...] = (check_method_declarations, check_certifier_is_sound, check_certifier_counterexamples_verify)
+CERTIFIER_CHECKS: tuple[Callable[..., None], ...] = (check_method_declarations, check_hyperparameters_declared,
+                                                     check_certifier_is_sound, check_certifier_counterexamples_verify)
 
 
 # -- running the checks --------------------------------------------------------------------

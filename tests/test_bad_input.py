@@ -293,7 +293,7 @@ CASES = [
     ("suite-duplicate-label", lambda t: ["--suite", _write(t, "s.toml", 'name = "s"\n[[attack]]\nattack = "pgd"\n[[attack]]\nattack = "pgd"\n')],
      "used twice"),
     ("suite-stepsize-negative", lambda t: ["--suite", _write(t, "s.toml", 'name = "s"\n[[attack]]\nattack = "pgd"\n[attack.params]\nrel_stepsize = -1.0\n')],
-     "rel_stepsize must be a number > 0"),
+     "rel_stepsize must be a finite number > 0"),
     ("epsilon-infinite", lambda t: ["--epsilon", "inf"], "epsilon must be"),
     ("normalize-nan", lambda t: ["--normalize", "nan,nan"], "finite means"),
     ("device-empty", lambda t: ["--device", ""], "unknown device ''"),

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from robench import rng
 from robench.attacks.iterative import Batch, IterativeAttack, Run, RunResult, Setup
-from robench.errors import RobenchError
+from robench.hyperparameters import Float, Int, declare
 from robench.registry import attacks
 from robench.target import check_logits, logits_in_chunks, loss_and_gradient
 from robench.threat import ThreatModel
@@ -116,19 +116,15 @@ class APGD(IterativeAttack):
 
     gradient_free = False
 
+    hyperparameters = declare(
+        steps=Int(100, "iterations per restart (Algorithm 1's N_iter)", ge=1),
+        restarts=Int(1, "runs from fresh random starts, each on the examples still robust", ge=1),
+        rho=Float(0.75, "checkpoint condition 1: the fraction of steps that must raise the loss (Sec. 3.1)", gt=0, le=1),
+        max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
+    )
+
     def __init__(self, *, steps: int = 100, restarts: int = 1, rho: float = 0.75, max_batch: int | None = None) -> None:
-        if steps < 1:
-            raise RobenchError(f"{self.name}: steps must be >= 1, got {steps}")
-        if restarts < 1:
-            raise RobenchError(f"{self.name}: restarts must be >= 1, got {restarts}")
-        if not 0 < rho <= 1:
-            raise RobenchError(f"{self.name}: rho must be in (0, 1], got {rho}")
-        if max_batch is not None and max_batch < 1:
-            raise RobenchError(f"{self.name}: max_batch must be >= 1, got {max_batch}")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
-        self.rho = float(rho)
-        self.max_batch = max_batch
+        self._set(locals())
 
     @staticmethod
     def loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -249,13 +245,15 @@ class APGDT(APGD):
 
     name = "apgd-t"
 
+    hyperparameters = declare(
+        **APGD.hyperparameters,
+        n_target_classes=Int(9, "target classes, by decreasing clean logit (capped at classes - 1)", ge=1),
+    )
+
     def __init__(
         self, *, steps: int = 100, n_target_classes: int = 9, restarts: int = 1, rho: float = 0.75, max_batch: int | None = None
     ) -> None:
-        super().__init__(steps=steps, restarts=restarts, rho=rho, max_batch=max_batch)
-        if isinstance(n_target_classes, bool) or int(n_target_classes) != n_target_classes or n_target_classes < 1:
-            raise RobenchError(f"{self.name}: n_target_classes must be an integer >= 1, got {n_target_classes!r}")
-        self.n_target_classes = int(n_target_classes)
+        self._set(locals())
 
     @staticmethod
     def loss(logits: Tensor, labels: Tensor, classes: Tensor) -> Tensor:  # type: ignore[override]

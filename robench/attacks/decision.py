@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from robench.attacks.base import AttackResult
 from robench.attacks.gradient import FoolboxAttack
+from robench.hyperparameters import Float, Int, declare
 from robench.registry import attacks
 from robench.target import QueryCounter
 from robench.threat import ThreatModel
@@ -28,13 +29,23 @@ HSJ = "HopSkipJumpAttack"
 class HopSkipJump(FoolboxAttack):
     """foolbox's HopSkipJumpAttack, L-inf or L2 by the threat model."""
 
+    name = "hop-skip-jump"
     gradient_free = True
+    hyperparameters = declare(
+        restarts=FoolboxAttack.hyperparameters["restarts"],
+        max_batch=FoolboxAttack.hyperparameters["max_batch"],
+        steps=Int(64, "HopSkipJump iterations (foolbox's steps)", ge=1),
+        initial_gradient_eval_steps=Int(100, "queries of the first gradient estimate (grows as sqrt of the step)", ge=1),
+        max_gradient_eval_steps=Int(10_000, "most queries of one gradient estimate", ge=1),
+        gamma=Float(1.0, "foolbox's gamma: the binary search stops at gamma / d^1.5 (L2) or gamma / d^2 (L-inf)", gt=0),
+    )
 
     def __init__(self, *, steps: int = 64, initial_gradient_eval_steps: int = 100, max_gradient_eval_steps: int = 10_000,
                  gamma: float = 1.0, restarts: int = 1, max_batch: int | None = None) -> None:
-        super().__init__("hop-skip-jump", {"linf": HSJ, "l2": HSJ}, restarts=restarts, max_batch=max_batch, steps=int(steps),
-                         initial_gradient_eval_steps=int(initial_gradient_eval_steps),
-                         max_gradient_eval_steps=int(max_gradient_eval_steps), gamma=float(gamma))
+        own = self._checked(locals())
+        super().__init__("hop-skip-jump", {"linf": HSJ, "l2": HSJ}, restarts=restarts, max_batch=max_batch, steps=own["steps"],
+                         initial_gradient_eval_steps=own["initial_gradient_eval_steps"],
+                         max_gradient_eval_steps=own["max_gradient_eval_steps"], gamma=own["gamma"])
 
     def budget(self, threat: ThreatModel) -> int:
         """The start search (foolbox's blended noise: up to 1,000 directions, 50 steps) and, per
@@ -79,3 +90,6 @@ def hop_skip_jump(*, steps: int = 64, initial_gradient_eval_steps: int = 100, ma
     """foolbox's defaults; the diagnostics run a small budget of it."""
     return HopSkipJump(steps=steps, initial_gradient_eval_steps=initial_gradient_eval_steps,
                        max_gradient_eval_steps=max_gradient_eval_steps, gamma=gamma, restarts=restarts, max_batch=max_batch)
+
+
+hop_skip_jump.hyperparameters = HopSkipJump.hyperparameters  # type: ignore[attr-defined]

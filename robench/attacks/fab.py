@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from robench import rng
 from robench.attacks.iterative import Batch, IterativeAttack, Run, RunResult, Setup
-from robench.errors import RobenchError
+from robench.hyperparameters import Flag, Float, Int, declare
 from robench.registry import attacks
 from robench.target import check_logits, logits_in_chunks, loss_gradient_logits
 from robench.threat import Ball, ThreatModel, ball_of
@@ -157,6 +157,17 @@ class FABT(IterativeAttack):
     name = "fab-t"
     gradient_free = False
 
+    hyperparameters = declare(
+        steps=Int(100, "FAB iterations per target class and restart", ge=1),
+        n_target_classes=Int(9, "target classes, by decreasing clean logit (capped at classes - 1)", ge=1),
+        restarts=Int(1, "runs per target class (after the first, from random starts)", ge=1),
+        alpha_max=Float(0.1, "largest weight of the original point in the biased step (Sec. 2.2)", ge=0, le=1),
+        eta=Float(1.05, "extrapolation factor of the step (overshoot)", gt=0),
+        beta=Float(0.9, "backward step: x_orig + beta (x - x_orig) once past the boundary", gt=0, le=1),
+        early_stop=Flag(True, "an example stops once broken within epsilon (False: every step, as the reference)"),
+        max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
+    )
+
     def __init__(
         self,
         *,
@@ -171,27 +182,7 @@ class FABT(IterativeAttack):
     ) -> None:
         """``early_stop``: an example stops iterating once broken within epsilon (the same
         examples break; fewer passes). False runs every step, as the reference does."""
-        for label, value in (("steps", steps), ("n_target_classes", n_target_classes), ("restarts", restarts)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
-                raise RobenchError(f"fab-t: {label} must be an integer >= 1, got {value!r}")
-        checks = (
-            ("alpha_max", alpha_max, 0.0, 1.0, "in [0, 1]"),
-            ("eta", eta, 1e-12, math.inf, "> 0"),
-            ("beta", beta, 1e-12, 1.0, "in (0, 1]"),
-        )
-        for label, value, low, high, words in checks:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise RobenchError(f"fab-t: {label} must be a number {words}, got {value!r}")
-        if max_batch is not None and (isinstance(max_batch, bool) or int(max_batch) != max_batch or max_batch < 1):
-            raise RobenchError(f"fab-t: max_batch must be an integer >= 1, got {max_batch!r}")
-        self.steps = int(steps)
-        self.n_target_classes = int(n_target_classes)
-        self.restarts = int(restarts)
-        self.alpha_max = float(alpha_max)
-        self.eta = float(eta)
-        self.beta = float(beta)
-        self.early_stop = bool(early_stop)
-        self.max_batch = None if max_batch is None else int(max_batch)
+        self._set(locals())
 
     def budget(self, threat: ThreatModel) -> int:
         return 1 + (self.steps + 1) * self.restarts * self.n_target_classes

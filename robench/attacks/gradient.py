@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from robench import rng
 from robench.attacks.iterative import Batch, IterativeAttack, Run, RunResult, Setup
 from robench.errors import RobenchError
+from robench.hyperparameters import Int, declare
 from robench.registry import attacks
 from robench.target import is_differentiable, is_randomized
 from robench.threat import ThreatModel, ball_of
@@ -83,13 +84,16 @@ class FoolboxAttack(IterativeAttack):
     #: L2 direction for even r, restart 0 its own)
     streams: ClassVar[rng.Layout] = rng.Layout(stride=2)
 
+    #: robench's own parameters; foolbox's are checked against the foolbox class's signature
+    hyperparameters = declare(
+        restarts=Int(1, "runs from fresh random starts, each on the examples still robust", ge=1),
+        max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
+    )
+
     def __init__(self, name: str, class_names: dict[str, str], *, restarts: int = 1, max_batch: int | None = None, **params: Any) -> None:
-        if restarts < 1:
-            raise RobenchError(f"{name}: restarts must be >= 1, got {restarts}")
         self.name = name  # type: ignore[misc]
         self._class_names = class_names
-        self.restarts = int(restarts)
-        self.max_batch = max_batch
+        self._set({"restarts": restarts, "max_batch": max_batch})
         for norm, class_name in class_names.items():
             cls = getattr(fb.attacks, class_name)
             valid = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
@@ -188,10 +192,11 @@ class _ExampleCounter(nn.Module):
 
 
 def _factory(name: str, class_names: dict[str, str]):
-    def make(**params: Any) -> FoolboxAttack:
-        return FoolboxAttack(name, class_names, **params)
+    def make(*, restarts: int = 1, max_batch: int | None = None, **params: Any) -> FoolboxAttack:
+        return FoolboxAttack(name, class_names, restarts=restarts, max_batch=max_batch, **params)
 
     make.__doc__ = f"foolbox {' / '.join(class_names.values())}"
+    make.hyperparameters = FoolboxAttack.hyperparameters  # type: ignore[attr-defined]
     return make
 
 

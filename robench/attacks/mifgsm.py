@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from robench.attacks.iterative import SteppedAttack
-from robench.errors import RobenchError
+from robench.hyperparameters import Float, Int, declare
 from robench.registry import attacks
 from robench.threat import ThreatModel
 
@@ -24,11 +24,16 @@ from robench.threat import ThreatModel
 class MIFGSM(SteppedAttack):
     name = "mifgsm"
 
+    hyperparameters = declare(
+        steps=Int(10, "iterations T", ge=1),
+        momentum=Float(1.0, "decay mu of the accumulated gradient (Eq. 6)", ge=0),
+        rel_stepsize=Float(None, "step size alpha as a fraction of epsilon; None: 1 / steps", gt=0),
+        max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
+    )
+
     def __init__(self, *, steps: int = 10, momentum: float = 1.0, rel_stepsize: float | None = None,
                  max_batch: int | None = None) -> None:
-        if isinstance(steps, bool) or int(steps) != steps or steps < 1 or not momentum >= 0 or (rel_stepsize or 1) <= 0:
-            raise RobenchError(f"mifgsm: need steps >= 1, momentum >= 0, rel_stepsize > 0; got {steps!r}, {momentum!r}, {rel_stepsize!r}")
-        self.steps, self.momentum, self.rel_stepsize, self.max_batch = int(steps), float(momentum), rel_stepsize, max_batch
+        self._set(locals())
 
     def schedule(self, threat: ThreatModel) -> tuple[int, float]:
         return self.steps, (self.rel_stepsize or 1 / self.steps) * threat.epsilon

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from robench import rng
 from robench.attacks.iterative import Batch, Run, Setup, SteppedAttack
-from robench.errors import RobenchError
+from robench.hyperparameters import Flag, Float, Int, declare
 from robench.registry import attacks
 from robench.threat import ThreatModel
 
@@ -47,6 +47,15 @@ class PGD(SteppedAttack):
     #: direction, a pair, then its radius)
     streams: ClassVar[rng.Layout] = rng.Layout(stride=4, unit="counter")
 
+    hyperparameters = declare(
+        steps=Int(None, "gradient steps per restart; None: foolbox's default for the norm (40 L-inf, 50 L2)", ge=1),
+        rel_stepsize=Float(None, "step size as a fraction of epsilon; None: foolbox's (0.01 / 0.3 L-inf, 0.025 L2)", gt=0),
+        abs_stepsize=Float(None, "absolute step size, overriding rel_stepsize", gt=0),
+        random_start=Flag(True, "start each restart from a uniform point of the ball"),
+        restarts=Int(1, "runs from fresh random starts, each on the examples still robust", ge=1),
+        max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
+    )
+
     def __init__(
         self,
         *,
@@ -57,21 +66,7 @@ class PGD(SteppedAttack):
         restarts: int = 1,
         max_batch: int | None = None,
     ) -> None:
-        if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
-            raise RobenchError(f"pgd: steps must be an integer >= 1, got {steps!r}")
-        for label, value in (("rel_stepsize", rel_stepsize), ("abs_stepsize", abs_stepsize)):
-            if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                raise RobenchError(f"pgd: {label} must be a number > 0, got {value!r}")
-        if isinstance(restarts, bool) or int(restarts) != restarts or restarts < 1:
-            raise RobenchError(f"pgd: restarts must be an integer >= 1, got {restarts!r}")
-        if max_batch is not None and max_batch < 1:
-            raise RobenchError(f"pgd: max_batch must be >= 1, got {max_batch}")
-        self.steps = None if steps is None else int(steps)
-        self.rel_stepsize = None if rel_stepsize is None else float(rel_stepsize)
-        self.abs_stepsize = None if abs_stepsize is None else float(abs_stepsize)
-        self.random_start = bool(random_start)
-        self.restarts = int(restarts)
-        self.max_batch = max_batch
+        self._set(locals())
 
     def schedule(self, threat: ThreatModel) -> tuple[int, float]:
         """(steps, absolute step size) under ``threat``: explicit values, else foolbox's per-norm defaults."""

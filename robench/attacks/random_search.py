@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from robench import rng
 from robench.attacks.base import Attack, AttackResult
 from robench.batching import chunk_rows
-from robench.errors import RobenchError
+from robench.hyperparameters import Int, declare
 from robench.registry import attacks
 from robench.target import logits_in_chunks, margin, queries_per_row
 from robench.threat import ThreatModel
@@ -32,15 +32,14 @@ class RandomSearch(Attack):
     name = "random-search"
     gradient_free = True
 
+    hyperparameters = declare(
+        samples=Int(10_000, "random points per example", ge=1),
+        block=Int(250, "points evaluated at a time per example", ge=1),
+        max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
+    )
+
     def __init__(self, *, samples: int = 10_000, block: int = 250, max_batch: int | None = None) -> None:
-        for label, value in (("samples", samples), ("block", block)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise RobenchError(f"random-search: {label} must be an integer >= 1, got {value!r}")
-        if max_batch is not None and max_batch < 1:
-            raise RobenchError(f"random-search: max_batch must be >= 1, got {max_batch}")
-        self.samples = int(samples)
-        self.block = int(block)
-        self.max_batch = max_batch
+        self._set(locals())
 
     def params(self) -> dict:
         return {"samples": self.samples, "block": self.block}

@@ -27,6 +27,7 @@ from robench import rng
 from robench.attacks.base import Attack, AttackResult
 from robench.batching import chunk_rows
 from robench.errors import RobenchError
+from robench.hyperparameters import Flag, Float, Int, declare
 from robench.registry import attacks
 from robench.tags import target_tags
 from robench.target import logits_in_chunks, margin
@@ -41,6 +42,22 @@ PAIR_BLOCK = 128
 class SPSA(Attack):
     name = "spsa"
     gradient_free = True
+
+    hyperparameters = declare(
+        steps=Int(100, "Adam steps on the margin loss", ge=1),
+        samples=Int(128, "forward queries per example per step, both halves of each antithetic pair", ge=2, multiple_of=2),
+        delta=Float(None, "finite-difference step; None: 0.01 unless rel_delta is given", gt=0),
+        learning_rate=Float(None, "Adam's learning rate; None: 0.01 unless rel_learning_rate is given", gt=0),
+        rel_delta=Float(None, "delta relative to the ball: times epsilon (L-inf) or epsilon / sqrt(D) (L2)", gt=0),
+        rel_learning_rate=Float(None, "learning_rate relative to the ball, as rel_delta", gt=0),
+        early_stop=Flag(True, "an example stops at its first misclassified iterate"),
+        beta1=Float(0.9, "Adam's first-moment decay", ge=0, lt=1),
+        beta2=Float(0.999, "Adam's second-moment decay", ge=0, lt=1),
+        adam_epsilon=Float(1e-8, "Adam's denominator term", gt=0),
+        loss_draws=Int(1, "forward draws averaged per loss (EOT for a randomized target)", ge=1),
+        max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
+        amp=Flag(False, "on CUDA, forward passes under bfloat16 autocast (the loss kept in float32)"),
+    )
 
     def __init__(
         self,
@@ -59,33 +76,12 @@ class SPSA(Attack):
         max_batch: int | None = None,
         amp: bool = False,
     ) -> None:
-        if steps < 1:
-            raise RobenchError(f"spsa: steps must be >= 1, got {steps}")
-        if samples < 2 or samples % 2:
-            raise RobenchError(f"spsa: samples must be an even number >= 2 (both halves of each pair), got {samples}")
-        for absolute, relative, what in ((delta, rel_delta, "delta"), (learning_rate, rel_learning_rate, "learning_rate")):
-            if absolute is not None and relative is not None:
+        self._set(locals())
+        for what in ("delta", "learning_rate"):
+            if getattr(self, what) is not None and getattr(self, f"rel_{what}") is not None:
                 raise RobenchError(f"spsa: give {what} or rel_{what}, not both")
-            value = absolute if relative is None else relative
-            if value is not None and not value > 0:
-                raise RobenchError(f"spsa: {what if relative is None else 'rel_' + what} must be > 0, got {value!r}")
-        if loss_draws < 1:
-            raise RobenchError(f"spsa: loss_draws must be >= 1, got {loss_draws}")
-        if max_batch is not None and max_batch < 1:
-            raise RobenchError(f"spsa: max_batch must be >= 1, got {max_batch}")
-        self.steps = int(steps)
-        self.samples = int(samples)
-        self.delta = None if rel_delta is not None else float(0.01 if delta is None else delta)
-        self.learning_rate = None if rel_learning_rate is not None else float(0.01 if learning_rate is None else learning_rate)
-        self.rel_delta = None if rel_delta is None else float(rel_delta)
-        self.rel_learning_rate = None if rel_learning_rate is None else float(rel_learning_rate)
-        self.early_stop = bool(early_stop)
-        self.beta1 = float(beta1)
-        self.beta2 = float(beta2)
-        self.adam_epsilon = float(adam_epsilon)
-        self.loss_draws = int(loss_draws)
-        self.max_batch = max_batch
-        self.amp = bool(amp)
+            if getattr(self, f"rel_{what}") is None and getattr(self, what) is None:
+                setattr(self, what, 0.01)  # the paper's, when neither is given
 
     def queries_per_step(self) -> int:
         """Forward rows per example per step: the perturbation samples plus the iterate's check."""

@@ -49,6 +49,7 @@ from robench import rng
 from robench.attacks.base import Attack, AttackResult
 from robench.batching import chunk_rows
 from robench.errors import RobenchError
+from robench.hyperparameters import Float, Int, declare
 from robench.registry import attacks
 from robench.target import IMAGE, SEQUENCE, logits_in_chunks, margin
 from robench.threat import ThreatModel
@@ -168,6 +169,12 @@ class Square(Attack):
     gradient_free = True
     inputs = (IMAGE, SEQUENCE)  # sequences: robench's 1-D form (windows are intervals)
 
+    hyperparameters = declare(
+        queries=Int(10000, "forward rows per example, the start included", ge=1),
+        p_init=Float(None, "initial fraction of pixels changed; None: the paper's 0.05 (L-inf) or 0.1 (L2)", gt=0, le=1),
+        max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
+    )
+
     def __init__(
         self,
         *,
@@ -177,15 +184,7 @@ class Square(Attack):
     ) -> None:
         """``queries``: forward rows per example, the start included; ``p_init``: the initial
         fraction of pixels changed, by default the paper's 0.05 (L-inf) or 0.1 (L2)."""
-        if queries < 1:
-            raise RobenchError(f"square: queries must be >= 1, got {queries}")
-        if p_init is not None and not 0 < p_init <= 1:
-            raise RobenchError(f"square: p_init must be in (0, 1], got {p_init}")
-        if max_batch is not None and max_batch < 1:
-            raise RobenchError(f"square: max_batch must be >= 1, got {max_batch}")
-        self.queries = int(queries)
-        self.p_init = p_init
-        self.max_batch = max_batch
+        self._set(locals())
 
     def budget(self, threat: ThreatModel) -> int:
         return self.queries

@@ -131,22 +131,6 @@ class Certifier(Hyperparameters):
 # -- small shared helpers ------------------------------------------------------------------
 
 
-def positive_int(who: str, name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise RobenchError(f"{who}: {name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def positive_float(who: str, name: str, value: object, *, below: float | None = None) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0 and value == value
-    if ok and below is not None:
-        ok = value < below
-    if not ok or value == float("inf"):
-        limit = f" and < {below}" if below is not None else ""
-        raise RobenchError(f"{who}: {name} must be a number > 0{limit}, got {value!r}")
-    return float(value)
-
-
 def check_examples(x: Tensor, y: Tensor) -> None:
     if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
         raise RobenchError(f"certify needs x of shape (N, ...) and labels y of shape (N,), got {tuple(x.shape)} and {tuple(y.shape)}")

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robench.certify.base import Certification, Certifier, Timer, check_examples, positive_int
+from robench.certify.base import Certification, Certifier, Timer, check_examples
 from robench.certify.ibp import decide, ibp_logit_bounds, ibp_margin_bounds
 from robench.certify.layers import DTYPE, DenseLayer, Op, dense_network, input_box, read_and_check, read_layers
-from robench.errors import RobenchError
+from robench.hyperparameters import Choice, Int, declare
 from robench.registry import certifiers
 from robench.threat import ThreatModel
 
@@ -217,10 +217,9 @@ def crown_logit_bounds(target: nn.Module, x: Tensor, threat: ThreatModel, *, int
     return torch.maximum(bound[:, :k], ibp_lower), torch.minimum(-bound[:, k:], ibp_upper)
 
 
-def check_intermediate(who: str, value: object) -> str:
-    if value not in INTERMEDIATE:
-        raise RobenchError(f"{who}: intermediate must be one of {', '.join(INTERMEDIATE)}, got {value!r}")
-    return str(value)
+#: shared with milp, which bounds its big-M constants the same way
+INTERMEDIATE_BOUNDS = Choice("crown", INTERMEDIATE, "bounds of unstable intermediate units: crown's, or ibp's intervals")
+MAX_DENSE = Int(2**24, "most entries of one dense matrix when layers are converted", ge=1)
 
 
 @certifiers.register("crown")
@@ -235,10 +234,14 @@ class CROWN(Certifier):
     name = "crown"
     norms = ("linf", "l2")
 
+    hyperparameters = declare(
+        intermediate=INTERMEDIATE_BOUNDS,
+        max_dense=MAX_DENSE,
+        max_batch=Int(None, "examples bounded at a time; None: chosen from the widest layer", ge=1),
+    )
+
     def __init__(self, *, intermediate: str = "crown", max_dense: int = 2**24, max_batch: int | None = None) -> None:
-        self.intermediate = check_intermediate("crown", intermediate)
-        self.max_dense = positive_int("crown", "max_dense", max_dense)
-        self.max_batch = None if max_batch is None else positive_int("crown", "max_batch", max_batch)
+        self._set(locals())
 
     def check(self, target: nn.Module, threat: ThreatModel, example_shape: tuple[int, ...] | None = None) -> None:
         self.check_norm(threat)

@@ -17,12 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from robench.certify.base import (
-    CERTIFIED, COUNTEREXAMPLE, UNKNOWN, Certification, Certifier, Timer, check_examples, positive_int,
+    CERTIFIED, COUNTEREXAMPLE, UNKNOWN, Certification, Certifier, Timer, check_examples,
 )
 from robench.certify.layers import (
     DTYPE, Op, affine_matrix, first_affine, input_box, read_and_check, read_layers, row_norms, run_layers,
     split_last_affine,
 )
+from robench.hyperparameters import Int, declare
 from robench.registry import certifiers
 from robench.threat import ThreatModel
 
@@ -112,8 +113,12 @@ class IBP(Certifier):
     name = "ibp"
     norms = ("linf", "l2")
 
+    hyperparameters = declare(
+        max_batch=Int(256, "examples bounded at a time", ge=1),
+    )
+
     def __init__(self, *, max_batch: int = 256) -> None:
-        self.max_batch = positive_int("ibp", "max_batch", max_batch)
+        self._set(locals())
 
     def check(self, target: nn.Module, threat: ThreatModel, example_shape: tuple[int, ...] | None = None) -> None:
         self.check_norm(threat)

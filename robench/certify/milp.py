@@ -36,11 +36,12 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import Tensor, nn
 
 from robench.certify.base import (
-    CERTIFIED, COUNTEREXAMPLE, UNKNOWN, Certification, Certifier, check_examples, positive_float, positive_int,
+    CERTIFIED, COUNTEREXAMPLE, UNKNOWN, Certification, Certifier, check_examples,
 )
-from robench.certify.crown import DenseModel, check_intermediate, crown_margin_bounds, margin_rows, spec_witness
+from robench.certify.crown import INTERMEDIATE_BOUNDS, MAX_DENSE, DenseModel, crown_margin_bounds, margin_rows, spec_witness
 from robench.certify.layers import DenseLayer, dense_network, input_box, read_layers
 from robench.errors import RobenchError
+from robench.hyperparameters import Flag, Float, declare
 from robench.registry import certifiers
 from robench.threat import ThreatModel
 
@@ -154,15 +155,17 @@ class MILP(Certifier):
     name = "milp"
     norms = ("linf",)
 
+    hyperparameters = declare(
+        time_limit=Float(10.0, "seconds per example, all its programs together", gt=0),
+        mip_rel_gap=Float(1e9, "when the solver may stop on a violating point (the verdict is exact either way)", gt=0),
+        intermediate=INTERMEDIATE_BOUNDS,
+        max_dense=MAX_DENSE,
+        try_corners=Flag(True, "try CROWN's minimizing box corners as counterexamples before any program"),
+    )
+
     def __init__(self, *, time_limit: float = 10.0, mip_rel_gap: float = 1e9, intermediate: str = "crown",
                  max_dense: int = 2**24, try_corners: bool = True) -> None:
-        self.time_limit = positive_float("milp", "time_limit", time_limit)
-        self.mip_rel_gap = positive_float("milp", "mip_rel_gap", mip_rel_gap)
-        self.intermediate = check_intermediate("milp", intermediate)
-        self.max_dense = positive_int("milp", "max_dense", max_dense)
-        if not isinstance(try_corners, bool):
-            raise RobenchError(f"milp: try_corners must be true or false, got {try_corners!r}")
-        self.try_corners = try_corners
+        self._set(locals())
 
     def check_norm(self, threat: ThreatModel) -> None:
         if threat.norm not in self.norms:

@@ -27,9 +27,10 @@ from scipy.stats import beta, norm
 from torch import Tensor, nn
 
 from robench.certify.base import (
-    CERTIFIED, UNKNOWN, Certification, Certifier, Timer, check_examples, positive_float, positive_int,
+    CERTIFIED, UNKNOWN, Certification, Certifier, Timer, check_examples,
 )
 from robench.errors import RobenchError
+from robench.hyperparameters import Float, Int, declare
 from robench.registry import certifiers
 from robench.rng import derive_seed
 from robench.tags import target_tags
@@ -88,14 +89,16 @@ class Smoothing(Certifier):
     #: vote: an attack may rightly break what it certified
     sound = False
 
+    hyperparameters = declare(
+        n0=Int(100, "noisy draws that select the top class", ge=1),
+        n=Int(1000, "noisy draws that estimate its probability", ge=1),
+        alpha=Float(0.001, "failure probability of the certificate", gt=0, lt=0.5),
+        batch=Int(1000, "noisy copies per forward pass", ge=1),
+        seed=Int(0, "seed of the noise, with each example's own"),
+    )
+
     def __init__(self, *, n0: int = 100, n: int = 1000, alpha: float = 0.001, batch: int = 1000, seed: int = 0) -> None:
-        self.n0 = positive_int("smoothing", "n0", n0)
-        self.n = positive_int("smoothing", "n", n)
-        self.alpha = positive_float("smoothing", "alpha", alpha, below=0.5)
-        self.batch = positive_int("smoothing", "batch", batch)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise RobenchError(f"smoothing: seed must be an integer, got {seed!r}")
-        self.seed = seed
+        self._set(locals())
 
     def example_target(self, model: nn.Module) -> nn.Module:
         """The gaussian-noise defense around ``model``: what smoothing certifies."""

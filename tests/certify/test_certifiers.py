@@ -35,7 +35,7 @@ def test_registry_builds_certifiers_from_names_and_parameters():
         make_certifier("crwn")
     with pytest.raises(RobenchError, match=r"certifier 'milp' has no parameter 'timelimit' \(did you mean 'time_limit'\?\)"):
         make_certifier("milp", timelimit=3)
-    with pytest.raises(RobenchError, match="crown: intermediate must be one of crown, ibp"):
+    with pytest.raises(RobenchError, match="crown: intermediate must be one of 'crown', 'ibp', got"):
         make_certifier("crown", intermediate="lp")
     assert [c.name for c in map(make_certifier, CERTIFIERS)] == list(CERTIFIERS)
     assert {m: make_certifier(m).norms for m in CERTIFIERS} == {

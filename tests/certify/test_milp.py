@@ -150,5 +150,5 @@ def test_milp_refuses_l2_and_large_layers(digits_mlp):
         MILP().certify(model, x, y, ThreatModel("l2", 0.5))
     with pytest.raises(RobenchError, match="max_dense"):
         MILP(max_dense=100).certify(model, x, y, ThreatModel("linf", 0.1))
-    with pytest.raises(RobenchError, match="time_limit must be a number > 0"):
+    with pytest.raises(RobenchError, match="time_limit must be a finite number > 0"):
         MILP(time_limit=0)

@@ -109,5 +109,5 @@ def test_refusals():
         Smoothing().certify(_target([0] * 10), torch.zeros(1, 4), torch.tensor([0]), ThreatModel("linf", 0.1))
     with pytest.raises(RobenchError, match="smoothing: n must be an integer >= 1"):
         Smoothing(n=0)
-    with pytest.raises(RobenchError, match="alpha must be a number > 0 and < 0.5"):
+    with pytest.raises(RobenchError, match="alpha must be a finite number > 0 and < 0.5"):
         Smoothing(alpha=0.7)
