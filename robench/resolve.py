@@ -276,8 +276,16 @@ class Context:
         """The target as attacks see it: a ``Declared`` view carrying its tags, so an attack that
         reads them (SPSA's loss draws) gets the card's flags without a walk of the tree."""
         if defense not in self._views:
-            self._views[defense] = Declared(self.target(defense), self.tags(defense)).eval()
+            self._views[defense] = Declared(self.target(defense), self.tags(defense), vote=self.vote(defense)).eval()
         return self._views[defense]
+
+    def vote(self, defense: str):
+        """A randomized target's majority vote, the verifier's own, for attacks to confirm a break
+        before an example leaves their working set (None for a deterministic target)."""
+        from robench.verify import majority_vote
+
+        tags = self.tags(defense)
+        return majority_vote(self.target(defense), tags, max_batch=self.max_batch) if tags.randomized else None
 
     @property
     def gradient_free(self) -> list[str]:

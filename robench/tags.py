@@ -168,12 +168,14 @@ class Declared(nn.Module):
     (an attack, ``queries_per_row``) get ``tags`` without walking the tree (a card's flags
     included; nothing is written onto ``target``)."""
 
-    def __init__(self, target: nn.Module, tags: TargetTags) -> None:
+    def __init__(self, target: nn.Module, tags: TargetTags, vote: object | None = None) -> None:
         super().__init__()
         self.target = target
         self.tags = tags
         # batch sizes are the target's (robench.batching); a plain attribute, not a second registration
         self.__dict__["probe_as"] = target
+        #: a randomized target's majority vote (``robench.target.confirmed_breaks``), or None
+        self.__dict__["vote"] = vote
 
     def robench_tags(self) -> TargetTags:
         return self.tags

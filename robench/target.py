@@ -291,6 +291,27 @@ def logits_in_chunks(target: nn.Module, x: Tensor, max_batch: int) -> Tensor:
     return torch.cat([target(x[start : start + max_batch]) for start in range(0, len(x), max_batch)])
 
 
+def confirmed_breaks(target: nn.Module, x: Tensor, y: Tensor, wrong: Tensor) -> tuple[Tensor, Tensor]:
+    """``wrong`` (per row: the attack's own view misclassifies ``x``), kept only where the target's
+    ``vote`` confirms it, and the target rows each row's confirmation cost.
+
+    A randomized target's one draw (or EOT mean) may call a point adversarial that the verifier's
+    majority vote then does not (Pintor et al. 2022's "silent success"): an attack that stopped
+    there would waste the example. Attack views of randomized targets carry ``vote(x, y) ->
+    (misclassified by the majority, rows spent per row)``; every attack asks it before an example
+    leaves its working set. Targets without ``vote`` (deterministic ones) cost nothing extra."""
+    spent = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    vote = getattr(target, "vote", None)
+    if vote is None or not bool(wrong.any()):
+        return wrong, spent
+    rows = wrong.nonzero().flatten()
+    majority, cost = vote(x[rows].detach(), y[rows])
+    confirmed = torch.zeros_like(wrong)
+    confirmed[rows] = majority.to(wrong.device)
+    spent[rows] = int(cost)
+    return confirmed, spent
+
+
 class NoGradient(RobenchError):
     """The target's output does not depend on its input through autograd."""
 

@@ -75,7 +75,7 @@ def gradient_view(ctx: Context, defense: str, attack: Attack, spec: AttackSpec) 
     tags = ctx.tags(defense)
     if attack.gradient_free or not spec.adaptive or not needs_adaptation(ctx.target(defense), tags):
         return ctx.attack_target(defense)
-    return adaptive_target(ctx.target(defense), eot_samples=eot_draws(spec.eot_samples), tags=tags)
+    return adaptive_target(ctx.target(defense), eot_samples=eot_draws(spec.eot_samples), tags=tags, vote=ctx.vote(defense))
 
 
 def example_rows(ctx: Context, unit: Unit, label: str, columns: dict[str, object], seconds: float) -> pd.DataFrame:

@@ -58,6 +58,18 @@ def predict_correct(target: nn.Module, x: Tensor, y: Tensor, *, draws: int = 1, 
     return wrong_votes * 2 <= draws, margins / draws
 
 
+def majority_vote(target: nn.Module, tags: TargetTags, *, draws: int = PREDICTION_DRAWS,
+                  max_batch: int | None = None):
+    """``vote(x, y) -> (misclassified by the majority over draws, target rows per example)``: what
+    the verifier will ask, offered to attacks on a randomized target so that none stops on a break
+    the verifier would not confirm (``robench.target.confirmed_breaks``)."""
+    def vote(x: Tensor, y: Tensor) -> tuple[Tensor, int]:
+        correct, _ = predict_correct(target, x, y, draws=draws, max_batch=max_batch, tags=tags)
+        return ~correct, draws
+
+    return vote
+
+
 def _draw_logits(target: nn.Module, x: Tensor, draws: int, max_batch: int, stacks: bool) -> Iterator[tuple[Tensor, slice]]:
     """(float32 logits of one draw, the rows of x they belong to), ``draws`` times per row: one
     call per draw, or, for a target whose draws are per row (``stacks``: the ``stacks_draws``

@@ -209,11 +209,15 @@ def test_gradient_free_beats_gradient_is_not_run_without_both_kinds_of_attack():
     assert not row.fired and row.detail.startswith("not run")
 
 
-def test_accuracy_not_decreasing_fires_when_a_larger_ball_leaves_the_same_examples_robust():
+def test_accuracy_not_decreasing_is_quiet_on_equal_accuracy_and_on_one_example():
+    """Issue 23's false alarms: two balls that leave the same examples robust are no evidence of a
+    failing attack, and neither is one example robust only at the larger epsilon (sign-test p 0.5)."""
     robust_at_both = [i < 60 for i in range(100)]
     frame = examples_frame({(0.1, "pgd"): [not r for r in robust_at_both], (0.3, "pgd"): [not r for r in robust_at_both]})
     (row,) = accuracy_not_decreasing(frame)
-    assert row.fired and row.epsilon == 0.3 and "0.600 at eps 0.1 -> 0.600 at eps 0.3" in row.detail
+    assert not row.fired and row.epsilon == 0.3 and "0.600 at eps 0.1 -> 0.600 at eps 0.3" in row.detail
+    one_more = examples_frame({(0.1, "pgd"): [i >= 60 for i in range(100)], (0.3, "pgd"): [i >= 61 for i in range(100)]})
+    assert not accuracy_not_decreasing(one_more)[0].fired
 
 
 def test_accuracy_not_decreasing_fires_when_accuracy_rises_from_zero():

@@ -88,9 +88,12 @@ def _bpda_hooks(modules: list[nn.Module]) -> Iterator[None]:
 class AdaptiveTarget(nn.Module):
     """The target's predictions with BPDA gradients and, if randomized, EOT averaging."""
 
-    def __init__(self, target: nn.Module, *, eot_samples: int, tags: TargetTags | None = None) -> None:
+    def __init__(self, target: nn.Module, *, eot_samples: int, tags: TargetTags | None = None,
+                 vote: object | None = None) -> None:
         super().__init__()
         self.target = target
+        #: the verifier's majority vote, asked before an attack stops on a break (``confirmed_breaks``)
+        self.__dict__["vote"] = vote
         tags = target_tags(target) if tags is None else tags
         self.uses_bpda = not tags.differentiable
         self.randomized = tags.randomized
@@ -149,7 +152,8 @@ class AdaptiveTarget(nn.Module):
         return f"bpda={self.uses_bpda}, eot_samples={self.eot_samples}, stacked={self.stacked}{cuts}"
 
 
-def adaptive_target(target: nn.Module, *, eot_samples: int = EOT_SAMPLES, tags: TargetTags | None = None) -> nn.Module:
+def adaptive_target(target: nn.Module, *, eot_samples: int = EOT_SAMPLES, tags: TargetTags | None = None,
+                    vote: object | None = None) -> nn.Module:
     """Wrap ``target`` for gradient attacks: BPDA where not differentiable, EOT where randomized,
     as its ``tags`` say (default: computed from its tree).
 
@@ -162,4 +166,4 @@ def adaptive_target(target: nn.Module, *, eot_samples: int = EOT_SAMPLES, tags: 
     tags = target_tags(target) if tags is None else tags
     if not needs_adaptation(target, tags):
         return target
-    return AdaptiveTarget(target, eot_samples=eot_samples, tags=tags).eval()
+    return AdaptiveTarget(target, eot_samples=eot_samples, tags=tags, vote=vote).eval()

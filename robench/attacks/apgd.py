@@ -45,7 +45,7 @@ from robench import rng
 from robench.attacks.iterative import Batch, IterativeAttack, Run, RunResult, Setup
 from robench.hyperparameters import Float, Int, declare
 from robench.registry import attacks
-from robench.target import check_logits, logits_in_chunks, loss_and_gradient
+from robench.target import check_logits, confirmed_breaks, logits_in_chunks, loss_and_gradient
 from robench.threat import ThreatModel
 
 MOMENTUM = 0.75
@@ -139,9 +139,9 @@ class APGD(IterativeAttack):
         else the one of highest loss."""
         current = batch.threat.random_start(batch.x, stream=stream, surface=True)
         classes = None if run.classes is None else run.classes[batch.rows]
-        proposal, loss, broken, used = self._single_run(batch.target, batch.x, batch.y, current, batch.threat, batch.max_batch,
-                                                        classes)
-        return RunResult(proposal, used, broken=broken, score=loss)
+        proposal, loss, broken, used, extra = self._single_run(batch.target, batch.x, batch.y, current, batch.threat,
+                                                               batch.max_batch, classes)
+        return RunResult(proposal, used, broken=broken, score=loss, confirmed=True, extra=extra)
 
     def _loss_and_gradient(
         self, target: nn.Module, x: Tensor, y: Tensor, classes: Tensor | None, max_batch: int
@@ -164,14 +164,17 @@ class APGD(IterativeAttack):
     def _single_run(
         self, target: nn.Module, x: Tensor, y: Tensor, current: Tensor, threat: ThreatModel, max_batch: int,
         classes: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Algorithm 1 on (x, y) from ``current``: (proposal, its loss, broken, forward+backward
-        passes) per example; ``classes``: per-example target classes of a targeted loss."""
+        passes, target rows spent confirming breaks) per example; ``classes``: per-example target classes of a targeted loss."""
         n = len(x)
         view = (-1, *[1] * (x.dim() - 1))
         checks = set(checkpoints(self.steps))
         loss, grad, correct = self._loss_and_gradient(target, current, y, classes, max_batch)
         queries = torch.ones(n, dtype=torch.long, device=x.device)
+        # on a randomized target an example stops only on the verifier's majority (target.confirmed_breaks)
+        wrong, extra = confirmed_breaks(target, current, y, ~correct)
+        correct = ~wrong
         proposal, best_loss, best_grad = current.clone(), loss.clone(), grad.clone()
         broken = ~correct
         step_size = torch.full((n,), 2 * threat.epsilon, device=x.device, dtype=x.dtype)
@@ -194,6 +197,9 @@ class APGD(IterativeAttack):
             classes_a = None if classes is None else classes[active]
             loss_a, grad_a, correct_a = self._loss_and_gradient(target, nxt, y[active], classes_a, max_batch)
             queries[active] += 1
+            if not bool(correct_a.all()):
+                wrong, spent = confirmed_breaks(target, nxt, y[active], ~correct_a)
+                correct_a, extra[active] = ~wrong, extra[active] + spent
             grad[active] = grad_a
             increases[active] += (loss_a > last_loss[active]).float()
             last_loss[active] = loss_a
@@ -217,7 +223,7 @@ class APGD(IterativeAttack):
                 increases[active] = 0
                 last_check = k + 1
             active = active[correct_a]  # the one host sync per step
-        return proposal, best_loss, broken, queries
+        return proposal, best_loss, broken, queries, extra
 
 
 @attacks.register("apgd-ce", description="APGD with cross-entropy (Croce & Hein 2020, Alg. 1)")

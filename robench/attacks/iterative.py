@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from robench import rng
 from robench.attacks.base import Attack, AttackResult
 from robench.batching import chunk_rows
-from robench.target import cross_entropy, logits_in_chunks, loss_and_gradient, queries_per_row
+from robench.target import confirmed_breaks, cross_entropy, logits_in_chunks, loss_and_gradient, queries_per_row
 from robench.threat import ThreatModel
 
 
@@ -77,13 +77,17 @@ class RunResult:
 
     ``used``: forward(+backward) passes; ``broken``: whether the proposal is misclassified (None:
     the run cannot say; the base checks with one counted forward before the next run); ``score``:
-    higher is better among proposals that do not break (None: the latest proposal wins).
+    higher is better among proposals that do not break (None: the latest proposal wins);
+    ``confirmed``: ``broken`` was confirmed by the target's ``vote`` where it has one, at a cost of
+    ``extra`` target rows per example (else the base confirms it).
     """
 
     proposal: Tensor
     used: Tensor
     broken: Tensor | None = None
     score: Tensor | None = None
+    confirmed: bool = False
+    extra: Tensor | None = None
 
 
 class IterativeAttack(Attack):
@@ -121,16 +125,25 @@ class IterativeAttack(Attack):
         unchecked = False
         for index, run in enumerate(self.runs(setup)):
             if unchecked:
-                # which proposals of the last run are still robust: one forward each, counted
+                # which proposals of the last run are still robust: one forward each, counted (and,
+                # on a randomized target, the majority vote before one leaves)
                 with torch.no_grad():
-                    correct = logits_in_chunks(target, x_adv[remaining], max_batch).argmax(1) == y[remaining]
+                    wrong = logits_in_chunks(target, x_adv[remaining], max_batch).argmax(1) != y[remaining]
                 queries[remaining] += per_row
-                remaining = remaining[correct]
+                wrong, spent = confirmed_breaks(target, x_adv[remaining], y[remaining], wrong)
+                queries[remaining] += spent
+                remaining = remaining[~wrong]
             if len(remaining) == 0:
                 break
             part = whole.subset(remaining)
             result = self.attack_run(part, run, self.streams.stream(part.seeds, index), setup)
             queries[remaining] += result.used * per_row
+            if result.extra is not None:
+                queries[remaining] += result.extra
+            if result.broken is not None and not result.confirmed:
+                broken, spent = confirmed_breaks(target, result.proposal, part.y, result.broken)
+                result.broken = broken
+                queries[remaining] += spent
             if result.score is None:
                 x_adv[remaining] = result.proposal
             else:
@@ -178,16 +191,20 @@ class SteppedAttack(IterativeAttack):
         used = torch.full((len(start),), steps, dtype=torch.long, device=start.device)
         current, x_a, y_a, index = start, batch.x, batch.y, torch.arange(len(start), device=start.device)
         state = self.state(start)
+        extra = torch.zeros(len(start), dtype=torch.long, device=start.device)
         for k in range(steps):
             _, grad, correct = loss_and_gradient(batch.target, current, y_a, loss=self.loss, max_batch=batch.max_batch)
+            if not bool(correct.all()):  # on a randomized target, leave only on the verifier's majority
+                wrong, spent = confirmed_breaks(batch.target, current, y_a, ~correct)
+                correct, extra[index] = ~wrong, extra[index] + spent
             keep = torch.nonzero(correct).squeeze(1)  # the one host sync per step
             if len(keep) < len(index):
                 # the misclassified leave with this iterate after k + 1 passes; the rest are overwritten later
                 proposal[index], used[index] = current, k + 1
                 if len(keep) == 0:
-                    return RunResult(proposal, used)
+                    return RunResult(proposal, used, extra=extra)
                 current, x_a, y_a, index, grad = current[keep], x_a[keep], y_a[keep], index[keep], grad[keep]
                 state = {name: value[keep] for name, value in state.items()}
             current = self.step(current, grad, x_a, state, step_size, batch.threat)
         proposal[index], used[index] = current, steps
-        return RunResult(proposal, used)
+        return RunResult(proposal, used, extra=extra)

@@ -30,7 +30,7 @@ from robench.errors import RobenchError
 from robench.hyperparameters import Flag, Float, Int, declare
 from robench.registry import attacks
 from robench.tags import target_tags
-from robench.target import logits_in_chunks, margin
+from robench.target import confirmed_breaks, logits_in_chunks, margin
 from robench.threat import ThreatModel
 
 #: Pairs per gradient-accumulation block. Fixed (not derived from ``max_batch``) so that the
@@ -124,7 +124,14 @@ class SPSA(Attack):
         for step in range(self.steps):
             margins = check(active)
             if self.early_stop:
-                active = active[margins >= 0]  # the one host sync per step
+                # on a randomized target an example stops only once the verifier's majority confirms
+                # its break (a single draw's margin < 0 is not enough: target.confirmed_breaks)
+                lucky = margins < 0
+                wrong, spent = confirmed_breaks(target, x_adv[active].view(-1, *shape), y[active], lucky)
+                queries[active] += spent
+                # a break the majority did not confirm is no best point: the search goes on from here
+                best_margin[active] = torch.where(lucky & ~wrong, torch.full_like(margins, math.inf), best_margin[active])
+                active = active[~wrong]  # the one host sync per step
                 if len(active) == 0:
                     break
             grad = self._estimate_gradient(target, x_adv[active], y[active], seeds[active], step, shape, threat, draws, max_batch,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from robench.diagnostics.registry import ALPHA, KINDS, Check, Diagnostic, Finding, check, diagnostics_frame, registered
 from robench.diagnostics.table import (
-    ACCURACY_FLOOR, GRADIENT_FREE_GAP, accuracy_not_decreasing, gradient_free_beats_gradient, table_checks,
+    GRADIENT_FREE_GAP, accuracy_not_decreasing, gradient_free_beats_gradient, table_checks,
 )
 from robench.diagnostics.probes import (  # imported after .table: the registry's order is the report's order
     CONVERGENCE_DROP, CONVERGENCE_FACTOR, PGD_STEPS, PROBE_EOT_SAMPLES, PROBE_EXAMPLES, RANDOMIZED_PROBE_EXAMPLES,
@@ -62,7 +62,7 @@ def probe_budget(n_examples: int, *, randomized: bool) -> int:
     return min(n_examples, probe_examples(randomized)) * per_example
 
 __all__ = [
-    "ACCURACY_FLOOR", "ALPHA", "CHECKS", "COLUMNS", "CONVERGENCE_DROP", "CONVERGENCE_FACTOR",
+    "ALPHA", "CHECKS", "COLUMNS", "CONVERGENCE_DROP", "CONVERGENCE_FACTOR",
     "GRADIENT_FREE_GAP", "KINDS", "PGD_STEPS", "PROBE_CHECKS", "PROBE_EOT_SAMPLES", "PROBE_EXAMPLES", "RANDOMIZED_PROBE_EXAMPLES", "RANDOMNESS_LOGIT_TOLERANCE",
     "RANDOMNESS_PASSES", "TABLE_CHECKS", "TRANSFER_EXCESS", "UNBOUNDED_MAX_ROBUST", "UNBOUNDED_PGD_REL_STEPSIZE",
     "UNBOUNDED_PGD_STEPS", "UNBOUNDED_SPSA", "VANISHING_FRACTION", "VANISHING_NORM", "Check", "Diagnostic", "Finding",

@@ -194,12 +194,17 @@ def _gradient_mismatch(probe: Probe) -> Finding:
 
 
 @check("restart_sensitivity", kind="probe", sentence=(
-    "PGD with more random restarts (each verified) brought robust accuracy below the base attack's confidence "
-    "interval: the number depends on where the attack starts, so the base attack is not finding "
+    "PGD with more random restarts (each verified) broke significantly more examples than the base "
+    "attack: the number depends on where the attack starts, so the base attack is not finding "
     "the worst case. Use several restarts (and more steps) until the number stops falling."
 ))
 def _restart_sensitivity(probe: Probe) -> Finding:
-    """Carlini et al. 2019, Sec. 5.2: robustness should not change materially with random restarts."""
+    """Carlini et al. 2019, Sec. 5.2: robustness should not change materially with random restarts.
+
+    The paired rule of this module (``_beats``: the restarts break more than ``BEAT_EXCESS`` more of
+    the probe examples than the base PGD, sign test p < ALPHA), not "below the base's interval": with
+    one robust example of 32 the interval's lower end is 0.0008, so a single extra break fired
+    although one example is no evidence (its sign-test p is 0.5)."""
     _, base = probe.base()
     low, high = _interval(base)
     # independent runs, each verified on the real target: PGD's own restarts skip the examples its
@@ -209,32 +214,35 @@ def _restart_sensitivity(probe: Probe) -> Finding:
         _, again = probe.attack(f"pgd-restart-{restart}", probe.pgd(steps=probe.pgd_steps), probe.attack_target, probe.threat)
         broken |= again
     robust = _robust(broken)
+    fired, rule = _beats(probe, broken, base)
     detail = (f"on {len(probe.x)} probe examples the base PGD and {RESTARTS} more runs from fresh random starts left robust "
-              f"accuracy {robust:.3f}; "
-              f"the base PGD {_robust(base):.3f}, 95% interval [{low:.3f}, {high:.3f}]; fires below the interval")
-    return probe.finding(robust < low, detail)
+              f"accuracy {robust:.3f}; the base PGD {_robust(base):.3f}, 95% interval [{low:.3f}, {high:.3f}]; {rule}")
+    return probe.finding(fired, detail)
 
 
 @check("step_size_sensitivity", kind="probe", sentence=(
-    "PGD with another step size brought robust accuracy below the base attack's confidence "
-    "interval: the base step size was poorly chosen for this model, so its number overstates "
-    "robustness. Tune the step size (or use APGD, which adapts it)."
+    "PGD with another step size broke significantly more examples than the base attack: the base "
+    "step size was poorly chosen for this model, so its number overstates robustness. Tune the "
+    "step size (or use APGD, which adapts it)."
 ))
 def _step_size_sensitivity(probe: Probe) -> Finding:
-    """Carlini et al. 2019, Sec. 5.2: try several step sizes (the hyperparameters of the attack)."""
+    """Carlini et al. 2019, Sec. 5.2: try several step sizes (the hyperparameters of the attack).
+
+    Fires when some step size beats the base by the paired rule (``_beats``), as restarts do."""
     _, base = probe.base()
     low, high = _interval(base)
     base_rel = 2.5 / probe.pgd_steps
-    results = []
+    results, fired, rules = [], False, []
     for factor in STEP_FACTORS:
         pgd = probe.pgd(steps=probe.pgd_steps, rel_stepsize=base_rel * factor)
         _, broken = probe.attack(f"pgd-step-{factor:g}", pgd, probe.attack_target, probe.threat)
         results.append((factor, _robust(broken)))
-    lowest = min(r for _, r in results)
+        beats, rule = _beats(probe, broken, base)
+        fired, rules = fired or beats, [*rules, f"at {factor:g}x: {rule}"]
     shown = ", ".join(f"{r:.3f} at {f:g}x" for f, r in results)
     detail = (f"on {len(probe.x)} probe examples PGD ({probe.pgd_steps} steps) left robust accuracy {shown} the base step "
-              f"size; the base {_robust(base):.3f}, 95% interval [{low:.3f}, {high:.3f}]; fires below the interval")
-    return probe.finding(lowest < low, detail)
+              f"size; the base {_robust(base):.3f}, 95% interval [{low:.3f}, {high:.3f}]; " + "; ".join(rules))
+    return probe.finding(fired, detail)
 
 
 @check("targeted_beats_untargeted", kind="probe", sentence=(

@@ -19,11 +19,11 @@ from robench.stats import paired
 #: At 100 examples with no gradient-only breaks, it takes at least 6 gradient-free-only examples.
 GRADIENT_FREE_GAP = 0.05
 
-#: accuracy_not_decreasing: for consecutive epsilons, fires when the larger ball leaves at least as
-#: many examples robust as the smaller one while the smaller one's robust accuracy is above this
-#: floor (nothing left to fall below it), or when robust accuracy rises significantly (sign test on
-#: examples robust only at the larger epsilon versus only at the smaller one, p < ALPHA).
-ACCURACY_FLOOR = 0.05
+#: accuracy_not_decreasing: for consecutive epsilons, fires when robust accuracy rises significantly
+#: (sign test on the examples robust only at the larger epsilon versus only at the smaller one,
+#: p < ALPHA). Equal accuracies never fire: two close balls may well leave the same examples robust,
+#: and one example robust only at the larger epsilon cannot reach p < ALPHA (its p is 0.5), so a
+#: single unlucky restart is not called a failing attack.
 
 _REQUIRED = ["defense", "epsilon", "attack", "example", "clean_correct", "broken"]
 
@@ -90,7 +90,8 @@ def accuracy_not_decreasing(examples: pd.DataFrame, *, gradient_free: Collection
 
     The balls are nested, so an exact worst case can only lose robust examples as epsilon grows
     (Carlini et al. 2019's checklist). One row per epsilon after the smallest, comparing it with the
-    next smaller one on the examples both evaluated; see ``ACCURACY_FLOOR`` for when it fires.
+    next smaller one on the examples both evaluated; it fires on a significant rise only (see the
+    comment above ``accuracy_not_decreasing``'s constants).
     ``gradient_free`` is unused: every table check takes the same arguments.
     """
     _require_columns(examples, _REQUIRED)
@@ -116,13 +117,12 @@ def accuracy_not_decreasing(examples: pd.DataFrame, *, gradient_free: Collection
             robust_small, robust_large = int(pair[small].sum()), int(pair[large].sum())
             gained, lost, p = paired(pair[large], pair[small])
             rises = gained > lost and p < ALPHA
-            level = robust_large >= robust_small and robust_small / n > ACCURACY_FLOOR
             detail = (
                 f"{prefix}worst-case robust accuracy {robust_small / n:.3f} at eps {small:g} -> "
                 f"{robust_large / n:.3f} at eps {large:g} ({n} examples; robust only at the larger: {gained}, "
                 f"only at the smaller: {lost}; sign test for a rise p={p:.2g})"
             )
-            yield Finding(defense, large, rises or level, detail)
+            yield Finding(defense, large, rises, detail + f"; fires when the rise has p < {ALPHA}")
 
 
 @check("attack_misses_counterexample", kind="table", sentence=(
