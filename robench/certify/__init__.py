@@ -64,3 +64,16 @@ __all__ = [
     "IBP", "CROWN", "MILP", "Smoothing", "make_certifier", "certifier_params",
     "ibp_margin_bounds", "ibp_logit_bounds", "crown_margin_bounds", "crown_logit_bounds",
 ]
+
+
+def _import_every_module() -> None:
+    """Every module of this package registers its certifiers on import: a new certifier is a file
+    here and nothing else (as attacks are)."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_every_module()

@@ -10,3 +10,11 @@ from robench.defenses import preprocessing  # noqa: F401
 from robench.defenses import jpeg, noise, resize_pad, robust_training, saturation, thermometer  # noqa: F401
 from robench.defenses import purify  # noqa: F401,E402  (PixelDefend-style purification; a colleague's module)
 from robench.defenses import sequence_purify  # noqa: F401,E402  (WaveNet / Parallel WaveNet purifiers for sequences)
+
+import importlib as _importlib  # noqa: E402
+import pkgutil as _pkgutil  # noqa: E402
+
+# every module of this package registers its factories on import: a new defense is a file here
+# and a card, nothing else
+for _module in _pkgutil.iter_modules(__path__):
+    _importlib.import_module(f"{__name__}.{_module.name}")
