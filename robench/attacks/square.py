@@ -49,23 +49,25 @@ from robench import rng
 from robench.attacks.base import Attack, AttackResult
 from robench.batching import chunk_rows
 from robench.errors import RobenchError
-from robench.hyperparameters import Float, Int, declare
+from robench.hyperparameters import Flag, Float, Int, declare
 from robench.registry import attacks
 from robench.target import IMAGE, SEQUENCE, logits_in_chunks, margin
 from robench.threat import ThreatModel
 
 
-def p_schedule(p_init: float, iteration: int, n_iterations: int) -> float:
-    """Fraction of pixels changed at ``iteration``: halved at fixed fractions of the budget.
+def p_schedule(p_init: float, iteration: int, n_iterations: int, rescale: bool = True) -> float:
+    """Fraction of pixels changed at ``iteration``: halved at fixed iterations.
 
     The schedule of the paper's reference implementation (``p_selection``), defined for a budget of
-    10,000 queries and rescaled to ``n_iterations``.
+    10,000 queries; ``rescale`` stretches it to ``n_iterations`` (the reference's
+    ``rescale_schedule``). AutoAttack's standard version runs Square with 5,000 queries and
+    ``resc_schedule=False``: the 10,000-query schedule cut at 5,000.
     """
-    it = int(iteration / n_iterations * 10000)
-    for bound, divisor in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256), (10000, 512)):
+    it = int(iteration / n_iterations * 10000) if rescale else iteration
+    for bound, divisor in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256)):
         if it <= bound:
             return p_init / divisor
-    return p_init
+    return p_init / 512
 
 
 def _pseudo_gaussian_rectangle(rows: int, cols: int) -> Tensor:
@@ -172,6 +174,7 @@ class Square(Attack):
     hyperparameters = declare(
         queries=Int(10000, "forward rows per example, the start included", ge=1),
         p_init=Float(None, "initial fraction of pixels changed; None: the paper's 0.05 (L-inf) or 0.1 (L2)", gt=0, le=1),
+        rescale_schedule=Flag(True, "stretch p's 10,000-query schedule to the budget (AutoAttack's standard run: false)"),
         max_batch=Int(None, "rows per forward pass; None: chosen from the input size", ge=1),
     )
 
@@ -180,6 +183,7 @@ class Square(Attack):
         *,
         queries: int = 10000,
         p_init: float | None = None,
+        rescale_schedule: bool = True,
         max_batch: int | None = None,
     ) -> None:
         """``queries``: forward rows per example, the start included; ``p_init``: the initial
@@ -219,7 +223,7 @@ class Square(Attack):
                 break
             x_a, best_a = x0[active], best[active]
             bits = stream.bits((5 + c,), rows=active)  # 4 corner coordinates, a sign per channel, a transpose bit
-            p = p_schedule(p_init, iteration, self.queries)
+            p = p_schedule(p_init, iteration, self.queries, self.rescale_schedule)
             candidate = threat.project(version.step(x_a, best_a, bits, p, eps, threat), x_a)
             candidate_margin = loss(candidate, y[active])
             queries[active] += 1

@@ -222,3 +222,16 @@ def test_sequence_starts_are_per_step_vertices_and_a_row_of_bumps():
     assert torch.allclose(l2.flatten(1).norm(dim=1), torch.full((6,), 0.5))
     bumps = l2.view(6, 2, 5, 8) / l2.view(6, 2, 5, 8)[..., :1].sign()  # five bumps of width 40 // 5 = 8
     assert torch.allclose(bumps, bumps[:1, :1, :1].expand_as(bumps), atol=1e-6)
+
+
+def test_p_schedule_matches_the_reference_with_and_without_rescaling():
+    """The reference's p_selection: halvings at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000,
+    8000 of a 10,000-query schedule; AutoAttack's standard run (5,000 queries, resc_schedule=False)
+    cuts it at 5,000 instead of stretching it."""
+    from robench.attacks.square import p_schedule
+
+    assert p_schedule(0.8, 10, 5000, rescale=False) == 0.8 and p_schedule(0.8, 11, 5000, rescale=False) == 0.4
+    assert p_schedule(0.8, 4999, 5000, rescale=False) == 0.8 / 128
+    assert p_schedule(0.8, 9000, 20000, rescale=False) == 0.8 / 512
+    assert p_schedule(0.8, 4999, 5000) == 0.8 / 512  # stretched: 4999 / 5000 of the way is 9998 > 8000
+    assert p_schedule(0.8, 5, 5000) == 0.8 and p_schedule(0.8, 6, 5000) == p_schedule(0.8, 12, 10000) == 0.4
