@@ -41,6 +41,38 @@ def _numpy(array: Tensor | np.ndarray, what: str) -> np.ndarray:
     raise RobenchError(f"{what} must be a torch.Tensor or a numpy array, got {type(array).__name__}")
 
 
+#: said once per process (a notebook calls evaluate many times)
+_SPIN_WARNED = False
+
+SPIN_WAIT_MESSAGE = (
+    "torch was imported before robench, so OpenMP's idle threads spin-wait (OMP_WAIT_POLICY was not "
+    "PASSIVE when torch loaded) and on a busy machine this call may run several times slower; "
+    "import robench before torch, or set OMP_WAIT_POLICY=PASSIVE before Python starts, or call "
+    "torch.set_num_threads(1)"
+)
+
+
+def spin_wait_warning() -> str | None:
+    """The warning :func:`evaluate` gives when idle OpenMP threads spin (torch imported before
+    robench, no ``OMP_WAIT_POLICY`` set, more than one thread); None otherwise. Whether threads
+    spin depends only on the import order, so the user sees it at once rather than as a slow run."""
+    import robench
+
+    if robench.SPIN_WAIT and torch.get_num_threads() > 1:
+        return SPIN_WAIT_MESSAGE
+    return None
+
+
+def _warn_once_if_spinning() -> None:
+    global _SPIN_WARNED
+    message = spin_wait_warning()
+    if message and not _SPIN_WARNED:
+        import warnings
+
+        _SPIN_WARNED = True
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 def evaluate(
     model: nn.Module,
     x: Tensor | np.ndarray,
@@ -72,6 +104,7 @@ def evaluate(
     was (robench writes no flag onto it; its train/eval modes are restored), except that it stays on
     ``device``.
     """
+    _warn_once_if_spinning()
     if not isinstance(model, nn.Module):
         raise RobenchError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     x_test, y_test = validate_arrays("examples", _numpy(x, "x"), _numpy(y, "y"))

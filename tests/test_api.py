@@ -53,3 +53,29 @@ def test_bad_arguments_are_robench_errors(args, message):
     model, x, y = _toy()
     with pytest.raises(RobenchError, match=message.replace("[", r"\[").replace("]", r"\]")):
         robench.evaluate(*args(model, x, y), diagnostics=False)
+
+
+def _import_order_probe(first: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (f"import {first}\nimport robench, torch, json\nimport robench.api as api\n"
+            "torch.set_num_threads(2)\n"
+            "print(json.dumps({'spin': robench.SPIN_WAIT, 'warning': api.spin_wait_warning(), "
+            "'signature': str(__import__('inspect').signature(robench.evaluate))}))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_importing_torch_first_is_said_not_silently_slow():
+    """Issue 26: with torch imported first OMP_WAIT_POLICY cannot take effect any more, and the API
+    says so (with the fix) instead of running several times slower unseen; robench first: silent."""
+    torch_first = _import_order_probe("torch")
+    assert torch_first["spin"] is True and "import robench before torch" in torch_first["warning"]
+    robench_first = _import_order_probe("robench")
+    assert robench_first["spin"] is False and robench_first["warning"] is None
+    assert "defenses" in robench_first["signature"] and "suite" in robench_first["signature"], "help() shows the real signature"
