@@ -807,3 +807,19 @@ def test_every_row_has_one_class_and_the_tables_hold_at_least_100():
     assert set(sizes) <= {"data lost", "integrity", "concurrency", "code run by surprise", "tracebacks", "silent surprises"}
     assert sum(sizes.values()) == len(CASES) + len(RUN_CASES) + len(OTHER_CASES) >= 100
     print("bad-input rows by class:", dict(sorted(sizes.items())), "total", sum(sizes.values()))
+
+
+def test_a_data_set_without_a_training_split_cannot_train_a_zoo_model(tmp_path):
+    """Issue 25, class 1: an .npz with only x_test/y_test and the default --model cnn used to train
+    the CNN on nothing and report its 'robust accuracy'; now one line names the two fixes."""
+    generator = np.random.default_rng(0)
+    path = tmp_path / "test-only.npz"
+    np.savez(path, x_test=generator.random((20, 8, 8), dtype=np.float32), y_test=generator.integers(0, 10, 20))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["evaluate", "--dataset", str(path), "--defense", "none", "--n-examples", "4",
+                                       "--epsilon", "0.1", "--no-diagnostics", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert "no training split" in line and "--model file.py:callable" in line and "x_train" in line
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]

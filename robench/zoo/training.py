@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robench.errors import RobenchError
+
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
@@ -35,7 +37,14 @@ def train_classifier(
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
     parameters: list[nn.Parameter] | None = None,
 ) -> None:
-    """Adam on cross-entropy (or ``loss_fn(model, x, y)``), minibatches in a seeded order."""
+    """Adam on cross-entropy (or ``loss_fn(model, x, y)``), minibatches in a seeded order.
+
+    Refuses an empty training set: a model "trained" on nothing would be attacked and reported as if
+    it were a model (issue 25: an .npz with only x_test/y_test and the default --model)."""
+    if len(x) == 0:
+        raise RobenchError("the data set has no training split, so a zoo model cannot be trained on it; give a trained "
+                           "model of your own (--model file.py:callable, or robench.evaluate's model), or add x_train "
+                           "and y_train to the .npz (train= in robench.evaluate)")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(parameters if parameters is not None else model.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):
