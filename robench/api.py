@@ -35,10 +35,64 @@ def interactive() -> bool:
 
 def _numpy(array: Tensor | np.ndarray, what: str) -> np.ndarray:
     if isinstance(array, Tensor):
-        return array.detach().cpu().numpy()
+        array = array.detach().cpu()
+        # numpy has no bfloat16 (nor float8): widen such inputs to float32, exactly
+        return (array.float() if array.is_floating_point() and array.dtype not in (torch.float16, torch.float32, torch.float64)
+                else array).numpy()
     if isinstance(array, np.ndarray):
         return array
     raise RobenchError(f"{what} must be a torch.Tensor or a numpy array, got {type(array).__name__}")
+
+
+def _names(value: object, what: str) -> tuple[str, ...]:
+    """A card name or path, or a sequence of them (a lone string is one name, never its letters)."""
+    if isinstance(value, (str, Path)):
+        return (str(value),)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, Path)) for v in value):
+        return tuple(str(v) for v in value)
+    raise RobenchError(f"{what} must be a card name or path, or a non-empty list of them, got {value!r}")
+
+
+def _numbers(value: object, what: str) -> tuple[float, ...]:
+    """One number or a sequence of numbers, each finite (bools are not numbers)."""
+    items = (value,) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    try:
+        numbers = tuple(items)  # type: ignore[arg-type]
+    except TypeError:
+        numbers = ()
+    if not numbers and items != () or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
+                                          for v in numbers):
+        raise RobenchError(f"{what} must be a finite number or a sequence of them, got {value!r}")
+    return tuple(float(v) for v in numbers)
+
+
+def _check_arguments(*, defenses: object, suite: object, norm: object, epsilons: object, seed: object,
+                     normalize: object, out: object) -> tuple[tuple[str, ...], str, tuple[float, ...], tuple | None]:
+    """Every argument of :func:`evaluate` checked before any work, each refusal one RobenchError
+    naming the argument (the API is what notebooks call: no TypeError from deep inside)."""
+    names = _names(defenses, "defenses")
+    (suite_name,) = _names(suite, "suite")
+    if not isinstance(norm, str):
+        raise RobenchError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    eps = _numbers(epsilons, "epsilons")
+    if any(e <= 0 for e in eps):
+        raise RobenchError(f"epsilons must be > 0, got {epsilons!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise RobenchError(f"seed must be an integer, got {seed!r}")
+    norm_pair = None
+    if normalize is not None:
+        if not isinstance(normalize, (list, tuple)) or len(normalize) != 2:
+            raise RobenchError(f"normalize must be (mean, std), each a number or one per channel, got {normalize!r}")
+        mean, std = _numbers(normalize[0], "normalize's mean"), _numbers(normalize[1], "normalize's std")
+        if len(mean) != len(std) or not mean or any(v <= 0 for v in std):
+            raise RobenchError(f"normalize needs as many means as stds and stds > 0, got {normalize!r}")
+        norm_pair = (mean, std)
+    if out is not None:
+        if not isinstance(out, (str, Path)):
+            raise RobenchError(f"out must be a folder path, got {out!r}")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise RobenchError(f"out={str(out)!r} is a file, not a folder; choose another out")
+    return names, suite_name, eps, norm_pair
 
 
 #: said once per process (a notebook calls evaluate many times)
@@ -105,6 +159,8 @@ def evaluate(
     ``device``.
     """
     _warn_once_if_spinning()
+    defenses, suite, epsilons, normalize = _check_arguments(
+        defenses=defenses, suite=suite, norm=norm, epsilons=epsilons, seed=seed, normalize=normalize, out=out)
     if not isinstance(model, nn.Module):
         raise RobenchError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     x_test, y_test = validate_arrays("examples", _numpy(x, "x"), _numpy(y, "y"))

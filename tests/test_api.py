@@ -79,3 +79,43 @@ def test_importing_torch_first_is_said_not_silently_slow():
     robench_first = _import_order_probe("robench")
     assert robench_first["spin"] is False and robench_first["warning"] is None
     assert "defenses" in robench_first["signature"] and "suite" in robench_first["signature"], "help() shows the real signature"
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    ({"defenses": 3}, "defenses"), ({"defenses": []}, "defenses"), ({"suite": 1.5}, "suite"),
+    ({"epsilons": "0.1"}, "epsilons"), ({"epsilons": (0.1, float("nan"))}, "epsilons"), ({"epsilons": -0.1}, "epsilons"),
+    ({"normalize": (0.5,)}, "normalize"), ({"normalize": ((0.5, 0.4), (0.2,))}, "normalize"), ({"seed": 1.5}, "seed"),
+    ({"norm": 2}, "norm"),
+], ids=lambda v: str(v) if isinstance(v, str) else None)
+def test_every_argument_is_checked_before_any_work(kwargs, names, tmp_path):
+    """Issue 25, class 9: one RobenchError naming the argument, before the model runs once."""
+    import robench
+    from robench.errors import RobenchError
+
+    class Counted(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Counted.calls += 1
+            return torch.zeros(len(x), 10)
+
+    with pytest.raises(RobenchError, match=names):
+        robench.evaluate(Counted(), torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), progress=False, **kwargs)
+    assert Counted.calls == 0
+
+
+def test_lenient_forms_are_read_as_meant(tmp_path):
+    """A lone name is one defense (not its letters), a lone epsilon one epsilon, a Path a suite, a
+    bfloat16 x is widened; an existing file as out is refused before any work."""
+    import robench
+    from robench.api import _check_arguments, _numpy
+    from robench.errors import RobenchError
+
+    names, suite, eps, norm = _check_arguments(defenses="none", suite=tmp_path / "s.toml", norm="linf", epsilons=0.1,
+                                               seed=0, normalize=(0.5, 0.5), out=None)
+    assert names == ("none",) and suite == str(tmp_path / "s.toml") and eps == (0.1,) and norm == ((0.5,), (0.5,))
+    assert _numpy(torch.ones(2, dtype=torch.bfloat16), "x").dtype == np.float32
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RobenchError, match="out="):
+        robench.evaluate(torch.nn.Flatten(), torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), out=blocker, progress=False)
