@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "check_attack", "check_defense", "check_certifier", "attack_checks", "defense_checks", "certifier_checks",
-    "parametrize_with_checks", "DefenseUnderTest", "toy_problem", "EPSILON",
+    "parametrize_with_checks", "DefenseUnderTest", "toy_problem", "ToyImageNet", "ToySignalNet", "EPSILON",
 ]
 
 #: the radius each norm's checks use (inputs in [0, 1])
@@ -65,7 +65,7 @@ KINDS: tuple[str, ...] = ("image", "sequence")
 # -- toy targets ---------------------------------------------------------------------------
 
 
-class _ToyImageNet(nn.Module):
+class ToyImageNet(nn.Module):
     """Three classes from 1x6x6 inputs: small, smooth, deterministic."""
 
     def __init__(self) -> None:
@@ -81,7 +81,7 @@ class _ToyImageNet(nn.Module):
         return self.linear(torch.relu(self.conv(x)).flatten(1))
 
 
-class _ToySignalNet(nn.Module):
+class ToySignalNet(nn.Module):
     """Three classes from 1x12 sequences: the sequence twin of the image net."""
 
     def __init__(self) -> None:
@@ -116,7 +116,7 @@ def toy_problem(kind: str = "image", n: int = 6, *, mlp: bool = False) -> tuple[
     if mlp:
         model: nn.Module = _toy_mlp(36 if kind == "image" else 12)
     else:
-        model = _ToyImageNet() if kind == "image" else _ToySignalNet()
+        model = ToyImageNet() if kind == "image" else ToySignalNet()
     model.eval()
     x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -7,6 +7,7 @@ from torch import nn
 
 from robench import rng
 from robench.data import dataset_from_arrays
+from robench.testing import ToySignalNet
 
 
 def write_suite(directory, text: str, name: str = "suite.toml") -> str:
@@ -61,20 +62,8 @@ def conv_problem(key: str, n: int = 10, channels: int = 3, side: int = 6, pin_bo
     return model.eval(), x, y, rng.example_seeds(0, key, torch.arange(n))
 
 
-class SignalNet(nn.Module):
-    """A fixed 1-D conv net: three classes from 1 x 12 sequences (the sequence twin of the toy CNNs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.conv = nn.Conv1d(1, 4, 3)
-        self.linear = nn.Linear(4 * 10, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.relu(self.conv(x)).flatten(1))
+#: a fixed 1-D conv net: three classes from 1 x 12 sequences (robench.testing's own toy)
+SignalNet = ToySignalNet
 
 
 def assert_batch_independent(attack, chunked_attack, model, x, y, threat, seeds, rows=(0, 5, 9)) -> None:

@@ -18,6 +18,7 @@ from robench.errors import RobenchError
 from robench.method import Method
 from robench.registry import attacks, load_builtins
 from robench.target import is_differentiable, is_randomized
+from robench.testing import ToyImageNet
 from robench.threat import ThreatModel
 
 load_builtins()
@@ -43,20 +44,8 @@ SMALL = {
 EPSILON = {"linf": 0.1, "l2": 0.5}
 
 
-class ToyCNN(nn.Module):
-    """Three classes from 1x6x6 inputs: small, smooth, deterministic."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.conv = nn.Conv2d(1, 4, 3)
-        self.linear = nn.Linear(4 * 4 * 4, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.relu(self.conv(x)).flatten(1))
+#: three classes from 1x6x6 inputs: small, smooth, deterministic (the kit's own toy)
+ToyCNN = ToyImageNet
 
 
 def _cases():

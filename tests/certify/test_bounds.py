@@ -193,7 +193,7 @@ class _SneakyLinear(nn.Linear):
 @pytest.mark.parametrize("model, name", [
     (nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.Sigmoid(), nn.Linear(4, 3)), "Sigmoid"),
     (nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.Tanh(), nn.Linear(4, 3)), "Tanh"),
-    (SignalNet(), "SignalNet"),
+    (SignalNet(), "ToySignalNet"),
     (GaussianNoiseVote(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), sigma=0.1, votes=2), "GaussianNoiseVote"),
     (_OwnForward(nn.Flatten(), nn.Linear(16, 3)), "_OwnForward"),
     (nn.Sequential(nn.Flatten(), _SneakyLinear(16, 3)), "_SneakyLinear"),
@@ -202,7 +202,7 @@ class _SneakyLinear(nn.Linear):
 ])
 @pytest.mark.parametrize("certifier", [IBP(), CROWN()])
 def test_unsupported_layers_are_refused_by_name(model, name, certifier):
-    x = torch.rand(2, 1, 4, 4) if name != "SignalNet" else torch.rand(2, 1, 12)
+    x = torch.rand(2, 1, 4, 4) if name != "ToySignalNet" else torch.rand(2, 1, 12)
     with pytest.raises(RobenchError, match=rf"{certifier.name} cannot bound {name}\b.*supported: "):
         certifier.certify(model, x, torch.zeros(2, dtype=torch.long), ThreatModel("linf", 0.1))
     with pytest.raises(RobenchError, match=rf"cannot bound {name}\b"):
