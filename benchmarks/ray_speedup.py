@@ -44,7 +44,8 @@ def run(executor: str, suite: Path, out: Path, n_examples: int, workers: int) ->
     if executor == "ray":
         import ray
 
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _node_ip_address="127.0.0.1")  # loopback only
         ray.get([ray.remote(lambda: None).remote() for _ in range(workers)])  # workers up
         STARTUP[executor] = time.perf_counter() - started
     try:

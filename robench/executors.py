@@ -102,8 +102,10 @@ class RayExecutor:
         try:
             # Ray's own start-up lines (INFO, through our root handler) would land inside the progress bar
             logging.getLogger("ray").setLevel(logging.WARNING)
+            # a local instance robench starts binds to loopback only: no traffic leaves the machine
+            local = {} if self.address else {"_node_ip_address": "127.0.0.1"}
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, ignore_reinit_error=True, runtime_env=_same_code_env())
+                     configure_logging=False, ignore_reinit_error=True, runtime_env=_same_code_env(), **local)
         except Exception as exc:  # ConnectionError, a bad address, ...
             raise RobenchError(f"cannot start or reach Ray at {self.address or 'a local instance'} ({exc}); "
                                "check --address or use --executor local") from None

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 from torch import Tensor, nn
 
 from robench.errors import RobenchError
 
-if TYPE_CHECKING:
-    from robench.discover import Findings, GradientCut
 
 #: the flags a defense card may override
 OVERRIDABLE = ("differentiable", "randomized")
@@ -56,7 +54,7 @@ class TargetTags:
     smoothing: GaussianSmoothing | None = field(default=None, repr=False)
     #: places inside the target that cut its input gradient, found by running it
     #: (``robench.discover``): gradient attacks backpropagate through the identity there
-    gradient_cuts: tuple[GradientCut, ...] = ()
+    gradient_cuts: tuple[Any, ...] = ()  # robench.discover.GradientCut (tags sit below discover)
     #: what robench found by running the target and now handles (sentences for run.json and the report)
     discovered: tuple[str, ...] = ()
 
@@ -130,7 +128,7 @@ def target_tags(target: nn.Module, overrides: Mapping[str, bool | None] | None =
     return _overlay(tags, target, wanted)
 
 
-def with_findings(tags: TargetTags, findings: Findings) -> TargetTags:
+def with_findings(tags: TargetTags, findings: Any) -> TargetTags:
     """``tags`` with what running the target showed: randomness it did not declare (its draws are
     not assumed independent per row, so they are never stacked), and the places that cut its input
     gradient."""
